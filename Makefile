@@ -1,0 +1,43 @@
+# make test    - create .venv if needed, then run the test suite (offline, no CIFAR-10 needed)
+# make report  - get the data and execute every notebook in order, in place (full protocol)
+# make quick   - a short CPU version (subset, few epochs) into build/quick, results-quick, figures-quick
+# make html    - export the executed notebooks to HTML in build/html
+# make bench   - training-speed benchmark (benchmarks/README.md)
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+RESULTS ?= results
+QUICK_PARAMS := -p epochs 3 -p train_subset 5000 -p test_subset 1000 -p results_dir results-quick -p figures_dir figures-quick
+
+.PHONY: venv test data report quick html bench clean-quick
+
+venv: $(STAMP)
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+data: $(STAMP)
+	$(PY) -c "import helpers; d = helpers.load_cifar10(); print(d.source)"
+
+report: data
+	TQDM_DISABLE=1 $(PY) scripts/run_notebooks.py --in-place -p results_dir $(RESULTS)
+
+quick: data
+	TQDM_DISABLE=1 $(PY) scripts/run_notebooks.py --output build/quick $(QUICK_PARAMS)
+
+html: $(STAMP)
+	$(PY) -m jupyter nbconvert --to html --output-dir build/html notebooks/*.ipynb
+
+bench: $(STAMP)
+	$(PY) benchmarks/train_speed.py
+
+clean-quick:
+	rm -rf build/quick results-quick figures-quick

@@ -1,0 +1,208 @@
+"""CIFAR-10 in memory: find it, read it, check it, split it and batch it.
+
+The data lives in the standard ``cifar-10-batches-py/`` layout (five training
+pickles, one test pickle, ``batches.meta``) under a *data root*: ``data/`` at the
+repository root unless ``CIFAR10_ROOT`` says otherwise. The pickles are read
+directly into uint8 tensors, once; there is no per-image PIL pipeline.
+
+If the folder is missing, the official archive is downloaded once through
+torchvision. A copy whose checksums differ from the official archive (such as
+the JPEG re-encoding used on the project's offline machines) is accepted, and
+the loader says once that it is not the official archive.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BATCH_DIR = "cifar-10-batches-py"
+TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
+TEST_FILES = ["test_batch"]
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+           "dog", "frog", "horse", "ship", "truck")
+ARCHIVE_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+
+# The report normalises every channel with mean 0.5 and std 0.5 (to [-1, 1]).
+MEAN = (0.5, 0.5, 0.5)
+STD = (0.5, 0.5, 0.5)
+
+_warned_unofficial: set[str] = set()
+
+
+class DataError(RuntimeError):
+    """CIFAR-10 could not be found, downloaded or read; the message says what to do."""
+
+
+@dataclass
+class Split:
+    """One split held in memory: uint8 images (N, 3, 32, 32) and int64 labels (N,)."""
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: torch.Tensor) -> "Split":
+        return Split(self.images[index], self.labels[index])
+
+
+@dataclass
+class CIFAR10:
+    train: Split
+    test: Split
+    root: Path
+    official: bool      # True when every batch file matches the official archive's MD5
+    classes: tuple = CLASSES
+
+    @property
+    def source(self) -> str:
+        kind = "official archive" if self.official else "NOT the official archive (checksums differ)"
+        return f"{self.root / BATCH_DIR} ({kind})"
+
+
+def project_path(path) -> Path:
+    """A path as given if absolute, else relative to the repository root (not the working directory,
+    which is ``notebooks/`` when a notebook runs)."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """The folder that holds ``cifar-10-batches-py/``: argument, then $CIFAR10_ROOT, then ``data/``."""
+    if root is None:
+        root = os.environ.get("CIFAR10_ROOT") or REPO_ROOT / "data"
+    return project_path(root).resolve()
+
+
+def load_cifar10(root=None, download: bool = True, verbose: bool = True) -> CIFAR10:
+    """Read all 60,000 images into memory, downloading the official archive if absent."""
+    root = data_root(root)
+    folder = root / BATCH_DIR
+    if not all((folder / name).exists() for name in TRAIN_FILES + TEST_FILES):
+        if not download:
+            raise DataError(_missing_message(root, "download=False was given"))
+        _download(root)
+    train = _read_split(folder, TRAIN_FILES)
+    test = _read_split(folder, TEST_FILES)
+    official = _is_official(folder)
+    if not official and verbose and str(folder) not in _warned_unofficial:
+        _warned_unofficial.add(str(folder))
+        print(f"Note: {folder} is not the official CIFAR-10 archive (its MD5 sums differ). "
+              "Results from it are not directly comparable with published CIFAR-10 numbers.")
+    return CIFAR10(train, test, root, official)
+
+
+def _missing_message(root: Path, why: str) -> str:
+    return (f"CIFAR-10 was not found in {root / BATCH_DIR} and could not be downloaded ({why}).\n"
+            f"Either set CIFAR10_ROOT to a folder that contains {BATCH_DIR}/, or download "
+            f"{ARCHIVE_URL} by hand and unpack it into {root} (tar xzf cifar-10-python.tar.gz -C {root}).")
+
+
+def _download(root: Path) -> None:
+    from torchvision.datasets import CIFAR10 as TV
+    from torchvision.datasets.utils import download_and_extract_archive
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        download_and_extract_archive(TV.url, str(root), filename=TV.filename, md5=TV.tgz_md5)
+    except Exception as exc:  # network errors come in many types; all mean the same to the user
+        raise DataError(_missing_message(root, f"{type(exc).__name__}: {exc}")) from None
+
+
+def _read_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    try:
+        with open(path, "rb") as f:
+            batch = pickle.load(f, encoding="latin1")
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
+            IndexError, KeyError, MemoryError) as exc:
+        raise DataError(f"{path} is truncated or corrupt ({type(exc).__name__}: {exc}). "
+                        f"Delete {path.parent} and run again to download a fresh copy.") from None
+    if not isinstance(batch, dict) or "data" not in batch or "labels" not in batch:
+        raise DataError(f"{path} is not a CIFAR-10 batch: expected a dict with 'data' and 'labels'. "
+                        f"Delete {path.parent} and run again to download a fresh copy.")
+    data = torch.as_tensor(batch["data"])
+    labels = torch.as_tensor(batch["labels"], dtype=torch.int64)
+    if data.dtype != torch.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise DataError(f"{path}: expected uint8 image rows of 3072 values (3x32x32), "
+                        f"got {data.dtype} with shape {tuple(data.shape)}.")
+    if labels.shape != (data.shape[0],):
+        raise DataError(f"{path}: {data.shape[0]} images but {labels.numel()} labels.")
+    if labels.numel() and (labels.min() < 0 or labels.max() > 9):
+        raise DataError(f"{path}: labels must lie in 0..9, found {labels.min()}..{labels.max()}.")
+    return data.view(-1, 3, 32, 32), labels
+
+
+def _read_split(folder: Path, names: list[str]) -> Split:
+    parts = [_read_batch(folder / name) for name in names]
+    return Split(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+
+
+def _is_official(folder: Path) -> bool:
+    from torchvision.datasets import CIFAR10 as TV
+    for name, md5 in TV.train_list + TV.test_list:
+        if hashlib.md5((folder / name).read_bytes()).hexdigest() != md5:
+            return False
+    return True
+
+
+# ---------------------------------------------------------------- subsets and splits
+
+def _balanced_indices(labels: torch.Tensor, size: int, seed: int) -> torch.Tensor:
+    if size % 10:
+        raise ValueError(f"subset size must be a multiple of 10 (one tenth per class), got {size}")
+    per_class = size // 10
+    g = torch.Generator().manual_seed(seed)
+    picks = []
+    for c in range(10):
+        idx = (labels == c).nonzero().flatten()
+        if len(idx) < per_class:
+            raise ValueError(f"class {c} has only {len(idx)} images, {per_class} were asked for")
+        picks.append(idx[torch.randperm(len(idx), generator=g)[:per_class]])
+    return torch.cat(picks).sort().values
+
+
+def balanced_subset(split: Split, size: int, seed: int = 0) -> Split:
+    """A class-balanced random subset of ``size`` images (size/10 per class)."""
+    return split.subset(_balanced_indices(split.labels, size, seed))
+
+
+def hold_out(split: Split, size: int, seed: int = 0) -> tuple[Split, Split]:
+    """Split off a class-balanced validation set of ``size`` images: returns (rest, held_out)."""
+    held = _balanced_indices(split.labels, size, seed)
+    keep = torch.ones(len(split), dtype=torch.bool)
+    keep[held] = False
+    return split.subset(keep.nonzero().flatten()), split.subset(held)
+
+
+# ---------------------------------------------------------------- tensors and batches
+
+def normalize(images: torch.Tensor) -> torch.Tensor:
+    """uint8 (N,3,32,32) -> float32 scaled to [0,1] then standardised with MEAN/STD."""
+    mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1)
+    return (images.float().div_(255) - mean) / std
+
+
+def to_device(split: Split, device, channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised images and labels on ``device``, ready for index batching."""
+    x = normalize(split.images.to(device))
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, split.labels.to(device)
+
+
+def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator | None = None):
+    """Yield (images, labels) batches; shuffled by ``generator`` when one is given. Keeps the short last batch."""
+    n = len(y)
+    order = torch.randperm(n, generator=generator).to(y.device) if generator is not None else None
+    for start in range(0, n, batch_size):
+        if order is None:
+            yield x[start:start + batch_size], y[start:start + batch_size]
+        else:
+            idx = order[start:start + batch_size]
+            yield x[idx], y[idx]

@@ -1,0 +1,73 @@
+"""Measure a trained model: loss, accuracy, predictions, confusion matrix.
+
+Everything here runs in eval mode under ``torch.inference_mode`` with large
+batches, and puts the model back in the mode it was in. Losses are exact
+per-image means over the whole set, however the last batch is cut.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from .data import CLASSES
+
+
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module):
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def predict(model, images: torch.Tensor, batch_size: int = 1000, precision: str = "fp32") -> torch.Tensor:
+    """Logits (float32) for normalised ``images``, computed on the model's device."""
+    device = _device_of(model)
+    outputs = []
+    with eval_mode(model):
+        for start in range(0, len(images), batch_size):
+            xb = images[start:start + batch_size].to(device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                outputs.append(model(xb).float())
+    return torch.cat(outputs)
+
+
+def evaluate(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000,
+             precision: str = "fp32") -> dict:
+    """Mean cross-entropy per image and accuracy over the whole set."""
+    logits = predict(model, images, batch_size, precision)
+    labels = labels.to(logits.device)
+    loss = F.cross_entropy(logits, labels, reduction="sum").item() / len(labels)
+    accuracy = (logits.argmax(1) == labels).float().mean().item()
+    return {"loss": loss, "accuracy": accuracy}
+
+
+def author_loss_scale(mean_loss: float, n_images: int = 10_000, batch_size: int = 64) -> float:
+    """The author's plotted "average loss": per-batch mean losses summed, divided by the image count.
+
+    With equal batches that is the true mean times (number of batches / number of images),
+    about mean / 64; the short last batch makes it an approximation of what was plotted.
+    """
+    n_batches = -(-n_images // batch_size)
+    return mean_loss * n_batches / n_images
+
+
+def confusion_matrix(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int = 10) -> torch.Tensor:
+    """counts[true, predicted]."""
+    index = labels.cpu() * num_classes + predicted.cpu()
+    return torch.bincount(index, minlength=num_classes ** 2).view(num_classes, num_classes)
+
+
+def per_class_accuracy(matrix: torch.Tensor, classes=CLASSES) -> pd.Series:
+    correct = matrix.diag().double()
+    return pd.Series((correct / matrix.sum(1).double()).numpy(), index=list(classes), name="accuracy")

@@ -1,0 +1,125 @@
+"""The report's three CNNs, built by name, and tools to inspect them.
+
+All three share seven 3x3 convolutions (stride 1, padding 1, each followed by
+ReLU) with four 2x2/2 max-pools, turning a 3x32x32 image into 256x2x2 features.
+They differ only in what follows:
+
+* ``fc``: flatten the 1,024 features, Linear 1024->1024, ReLU, Linear 1024->10.
+* ``avgpool``: average the 2x2 grid to 256 values, then Linear 256->10.
+* ``avgpool_dropout``: ``avgpool`` with Dropout(0.5) after the ReLU of conv4,
+  conv5 and conv7.
+
+About the average-pooling head: the author's notebook fed the 256 pooled values
+straight into the cross-entropy loss, i.e. a 256-way classifier of which only
+ten outputs are ever a target. It trains, because the loss pushes the 246
+unused logits down, but it is not a 10-class model and its softmax is spread
+over classes that do not exist. By default the pooled features therefore go
+through a Linear 256->10 layer (+2,570 parameters, which brings the count to
+exactly the 1,132,842 the author reported). ``head="author"`` reproduces the
+original 256-logit output.
+"""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+import pandas as pd
+import torch
+from torch import nn
+
+VARIANTS = {
+    "fc": "Fully connected head",
+    "avgpool": "Average pooling",
+    "avgpool_dropout": "Average pooling + dropout",
+}
+# The report's colours: blue FC, orange average pooling, green with dropout.
+COLORS = {"fc": "tab:blue", "avgpool": "tab:orange", "avgpool_dropout": "tab:green"}
+HEADS = ("linear", "author")
+CONV_CHANNELS = [(3, 16), (16, 32), (32, 64), (64, 128), (128, 128), (128, 256), (256, 256)]
+POOL_AFTER = {2, 4, 5, 7}       # conv numbers followed by a 2x2/2 max-pool
+DROPOUT_AFTER = {4, 5, 7}       # conv numbers followed by dropout in avgpool_dropout
+
+
+class Dropout(nn.Dropout):
+    """Dropout whose keep-mask comes from ``torch.rand`` instead of ``bernoulli_``.
+
+    Same operation as ``nn.Dropout`` (each unit kept with probability 1-p and
+    scaled by 1/(1-p)); only the random stream differs. On the CPU,
+    ``bernoulli_`` is about four times slower than ``torch.rand`` and took a
+    third of every training step of ``avgpool_dropout`` (see benchmarks/).
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        keep = torch.rand_like(x, dtype=torch.float32) >= self.p
+        return x * keep.to(x.dtype) * (1.0 / (1.0 - self.p))
+
+
+def build_model(name: str, head: str = "linear", dropout: float = 0.5) -> nn.Sequential:
+    """One of the report's variants; ``head="author"`` keeps the 256-logit output of models 2 and 3."""
+    if name not in VARIANTS:
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(VARIANTS)}")
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; choose 'linear' (10-way) or 'author' (256 logits)")
+    if name == "fc" and head != "linear":
+        raise ValueError("head='author' only applies to the average-pooling models")
+    layers: list[tuple[str, nn.Module]] = []
+    for i, (c_in, c_out) in enumerate(CONV_CHANNELS, start=1):
+        layers += [(f"conv{i}", nn.Conv2d(c_in, c_out, 3, stride=1, padding=1)), (f"relu{i}", nn.ReLU())]
+        if name == "avgpool_dropout" and i in DROPOUT_AFTER:
+            layers.append((f"drop{i}", Dropout(dropout)))
+        if i in POOL_AFTER:
+            layers.append((f"pool{i}", nn.MaxPool2d(2, stride=2)))
+    if name == "fc":
+        layers += [("flatten", nn.Flatten()), ("fc1", nn.Linear(1024, 1024)), ("relu_fc", nn.ReLU()),
+                   ("fc2", nn.Linear(1024, 10))]
+    else:
+        layers += [("avgpool", nn.AvgPool2d(2)), ("flatten", nn.Flatten())]
+        if head == "linear":
+            layers.append(("classifier", nn.Linear(256, 10)))
+    return nn.Sequential(OrderedDict(layers))
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def layer_table(model: nn.Module, input_shape=(3, 32, 32)) -> pd.DataFrame:
+    """Per layer: output shape, parameters, forward FLOPs per image (2 per multiply-add) and the
+    theoretical receptive field in input pixels (it may exceed the 32-pixel image)."""
+    rows, rf, jump = [], 1, 1
+    x = torch.zeros(1, *input_shape)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for name, layer in model.named_children():
+            x_in, x = x, layer(x)
+            flops = 0
+            if isinstance(layer, nn.Conv2d):
+                k = layer.kernel_size[0]
+                flops = 2 * x.numel() * layer.in_channels * k * k // layer.groups
+                rf, jump = rf + (k - 1) * jump, jump * layer.stride[0]
+            elif isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d)):
+                k = layer.kernel_size if isinstance(layer.kernel_size, int) else layer.kernel_size[0]
+                s = layer.stride if isinstance(layer.stride, int) else layer.stride[0]
+                rf, jump = rf + (k - 1) * jump, jump * s
+            elif isinstance(layer, nn.Linear):
+                flops = 2 * layer.in_features * layer.out_features
+            rows.append({"layer": name, "type": type(layer).__name__,
+                         "output": "x".join(map(str, x.shape[1:])),
+                         "parameters": sum(p.numel() for p in layer.parameters()),
+                         "MFLOPs": flops / 1e6,
+                         "receptive field": rf})
+    model.train(was_training)
+    return pd.DataFrame(rows)
+
+
+def forward_flops(model: nn.Module) -> float:
+    """Forward FLOPs per image (convolutions and linear layers)."""
+    return float(layer_table(model)["MFLOPs"].sum() * 1e6)
+
+
+def expected_initial_loss(num_classes: int = 10) -> float:
+    """Cross-entropy of a uniform guess: ln(num_classes)."""
+    return math.log(num_classes)

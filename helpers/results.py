@@ -1,0 +1,130 @@
+"""Finished runs into tables and sentences: the comparison with the author and
+each of the author's findings checked against the numbers.
+
+Every number that the analysis notebook writes in prose comes from here, read
+from ``results/``, so the text cannot disagree with the data.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .models import VARIANTS
+from .training import Run, load_run
+
+# The original report's results (SPEC.md): one unseeded run per model on a Colab GPU.
+AUTHOR = pd.DataFrame(
+    {"epoch 1": [54.8, 49.0, 47.9], "epoch 10": [76.4, 79.7, 76.9], "best": [77.3, 80.0, 83.0],
+     "best epoch": [21, 9, 55], "final": [76.6, 77.2, 82.3], "lowest loss epoch": [5, 8, 95],
+     "parameters": [2_190_122, 1_132_842, 1_132_842]},
+    index=list(VARIANTS))
+
+
+def load_runs(results_dir="results", names=tuple(VARIANTS)) -> dict[str, Run]:
+    """The finished runs among ``names``; missing ones are reported and skipped."""
+    runs = {}
+    for name in names:
+        try:
+            runs[name] = load_run(Path(results_dir) / name)
+        except FileNotFoundError as exc:
+            print(f"skipped {name}: {exc}")
+    return runs
+
+
+def _split(run: Run) -> str:
+    return run.config.eval_split
+
+
+def summary_table(runs: dict[str, Run]) -> pd.DataFrame:
+    """Ours beside the author's: accuracy in percent, epochs, parameters, minutes of training."""
+    rows = {}
+    for name, run in runs.items():
+        h, s = run.history, _split(run)
+        acc = h[f"{s}_acc"] * 100
+        rows[name] = {
+            "epoch 1": acc.iloc[0], "epoch 10": acc.iloc[9] if len(h) >= 10 else float("nan"),
+            "best": acc.max(), "best epoch": int(h.loc[acc.idxmax(), "epoch"]), "final": acc.iloc[-1],
+            "lowest loss epoch": int(h.loc[h[f"{s}_loss"].idxmin(), "epoch"]),
+            "parameters": run.metrics["parameters"], "minutes": h["seconds"].sum() / 60}
+    ours = pd.DataFrame(rows).T
+    author = AUTHOR.loc[ours.index].add_prefix("author ")
+    table = pd.concat([ours, author[["author best", "author best epoch", "author final",
+                                     "author lowest loss epoch", "author parameters"]]], axis=1)
+    table.index = [VARIANTS[n] for n in table.index]
+    return table
+
+
+def _first_epoch_from_which(mask: pd.Series, epochs: pd.Series):
+    """First epoch from which ``mask`` stays true to the end, or None."""
+    if not mask.iloc[-1]:
+        return None
+    false = (~mask).to_numpy().nonzero()[0]
+    return int(epochs.iloc[false[-1] + 1]) if len(false) else int(epochs.iloc[0])
+
+
+def findings(runs: dict[str, Run]) -> list[dict]:
+    """Each finding of the author as {claim, holds, evidence}; needs all three variants."""
+    if set(runs) != set(VARIANTS):
+        return []
+    s = _split(runs["fc"])
+    h = {n: r.history for n, r in runs.items()}
+    acc = {n: h[n][f"{s}_acc"] * 100 for n in h}
+    loss = {n: h[n][f"{s}_loss"] for n in h}
+    epochs = h["fc"]["epoch"]
+    n_ep = len(epochs)
+    out = []
+
+    def add(claim, holds, evidence):
+        out.append({"claim": claim, "holds": bool(holds), "evidence": evidence})
+
+    best = {n: acc[n].max() for n in acc}
+    add("Average pooling is slightly more accurate than the fully connected head.",
+        best["avgpool"] > best["fc"],
+        f"best {s} accuracy {best['avgpool']:.1f}% against {best['fc']:.1f}% "
+        f"(final {acc['avgpool'].iloc[-1]:.1f}% against {acc['fc'].iloc[-1]:.1f}%).")
+
+    lower = (loss["avgpool"] < loss["fc"]).to_numpy()
+    last = int(epochs.iloc[lower.nonzero()[0][-1]]) if lower.any() else None
+    share = lower[:last].mean() if last else 0.0
+    add("Average pooling has the lower test loss until about epoch 40.",
+        last is not None and 20 <= last <= 60 and share >= 0.5,
+        (f"its {s} loss is below the FC model's in {int(lower[:last].sum())} of the first {last} epochs "
+         f"and in none after epoch {last}." if last else f"its {s} loss is never below the FC model's."))
+
+    for name in ("fc", "avgpool"):
+        low_ep = int(epochs.iloc[loss[name].idxmin()])
+        rise = loss[name].iloc[-1] - loss[name].min()
+        add(f"{VARIANTS[name]}: the test loss falls fast, then rises for the rest of training (overfitting).",
+            low_ep <= max(2, n_ep // 4) and rise > 0.1 * loss[name].min(),
+            f"lowest {s} loss {loss[name].min():.3f} at epoch {low_ep}, final {loss[name].iloc[-1]:.3f} "
+            f"(train accuracy at the end {h[name]['train_acc'].iloc[-1] * 100:.1f}%).")
+
+    d = "avgpool_dropout"
+    add("The dropout model starts with a higher test loss than the other two.",
+        loss[d].iloc[0] > max(loss["fc"].iloc[0], loss["avgpool"].iloc[0]),
+        f"epoch-1 {s} loss {loss[d].iloc[0]:.3f} against {loss['fc'].iloc[0]:.3f} (FC) and "
+        f"{loss['avgpool'].iloc[0]:.3f} (average pooling).")
+    low_ep = int(epochs.iloc[loss[d].idxmin()])
+    add("The dropout model's test loss keeps falling late into training.",
+        low_ep >= n_ep // 2,
+        f"its lowest {s} loss is at epoch {low_ep} of {n_ep} ({loss[d].min():.3f}; final {loss[d].iloc[-1]:.3f}).")
+    lowest = (loss[d] < loss["fc"]) & (loss[d] < loss["avgpool"])
+    from_ep = _first_epoch_from_which(lowest, epochs)
+    add("The dropout model has the lowest test loss from about epoch 20 on.",
+        from_ep is not None and from_ep <= 30,
+        f"it is the lowest of the three from epoch {from_ep} to the end." if from_ep else
+        f"it is the lowest in {int(lowest.sum())} of {n_ep} epochs, but not to the end.")
+    add("The dropout model is the most accurate.",
+        best[d] > max(best["fc"], best["avgpool"]),
+        f"best {s} accuracy {best[d]:.1f}% against {best['avgpool']:.1f}% and {best['fc']:.1f}%.")
+    return out
+
+
+def findings_markdown(items: list[dict]) -> str:
+    if not items:
+        return "_The findings need finished runs of all three variants._"
+    lines = [f"- {'✅ holds' if f['holds'] else '❌ does not hold'}: **{f['claim']}** {f['evidence'][0].upper()}"
+             f"{f['evidence'][1:]}" for f in items]
+    held = sum(f["holds"] for f in items)
+    return "\n".join(lines) + f"\n\n{held} of the author's {len(items)} findings hold in this run."

@@ -1,0 +1,302 @@
+"""Train one model with the report's protocol, resumably.
+
+``fit(TrainConfig(model="fc"), data)`` runs the author's protocol by default:
+batch 64, Adam (lr 1e-3, weight decay 1e-6), cross-entropy, 100 epochs, the
+whole test set evaluated after every epoch. Each epoch appends one row to the
+history (train loss and accuracy, test loss and accuracy, seconds, images per
+second) and prints it as one line.
+
+A run lives in ``results/<run name>/``:
+
+* ``config.json``: the configuration; a folder never holds two configurations.
+* ``checkpoint.pt``: model, optimiser, every RNG state and the history after the
+  last finished epoch, replaced atomically each epoch and deleted once the run
+  is done. An interrupted run resumes from it and ends bit-for-bit where an
+  uninterrupted run would have (same device and thread count).
+* ``history.csv``, ``metrics.json`` and, when finished, ``model.pt`` (weights).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from . import data as D
+from .evaluation import evaluate
+from .models import build_model, count_parameters
+
+REPO_ROOT = D.REPO_ROOT
+
+
+class RunConflictError(RuntimeError):
+    """The results folder holds a run made with a different configuration."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str = "fc"
+    head: str = "linear"            # "author": the 256-logit output of models 2 and 3
+    epochs: int = 100
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 1e-6
+    seed: int = 0
+    precision: str = "fp32"         # fp32 | bf16 | auto (bf16 where the hardware runs it natively)
+    train_subset: int | None = None  # class-balanced subset of the training set, for quick runs
+    test_subset: int | None = None
+    validation: int = 0             # >0: hold this many training images out and evaluate on them, not on test
+
+    @property
+    def eval_split(self) -> str:
+        return "val" if self.validation else "test"
+
+    def default_name(self) -> str:
+        name = self.model + ("_author_head" if self.head == "author" else "")
+        return name if self.seed == 0 else f"{name}_seed{self.seed}"
+
+
+# ---------------------------------------------------------------- device and precision
+
+def pick_device(device: str | None = None) -> torch.device:
+    """The given device, else cuda, then mps, then cpu."""
+    if device:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def cpu_has_native_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision not in ("fp32", "bf16", "auto"):
+        raise ValueError(f"precision must be 'fp32', 'bf16' or 'auto', got {precision!r}")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cpu":
+        return "bf16" if cpu_has_native_bf16() else "fp32"
+    return "fp32"
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast for the forward pass; parameters, gradients and the loss stay fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def environment(device: torch.device) -> dict:
+    """What a reader needs to trust a run: versions, device, threads."""
+    info = {"python": platform.python_version(), "torch": torch.__version__, "device": str(device),
+            "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+# ---------------------------------------------------------------- atomic files
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_json(obj, path: Path) -> None:
+    _atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
+
+
+def _rng_state(shuffle: torch.Generator) -> dict:
+    state = {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _restore_rng(state: dict, shuffle: torch.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    shuffle.set_state(state["shuffle"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ---------------------------------------------------------------- the run
+
+@dataclass
+class Run:
+    """A finished (or loaded) run: its folder, config, history and trained model."""
+    path: Path
+    config: TrainConfig
+    history: pd.DataFrame
+    metrics: dict
+    model: torch.nn.Module
+
+
+def load_run(path) -> Run:
+    """A finished run from its results folder, with its final weights loaded on the CPU."""
+    path = D.project_path(path)
+    metrics_file = path / "metrics.json"
+    if not metrics_file.exists():
+        raise FileNotFoundError(f"{path} holds no finished run (no metrics.json); train it first")
+    metrics = json.loads(metrics_file.read_text())
+    config = TrainConfig(**metrics["config"])
+    model = build_model(config.model, config.head)
+    if (path / "model.pt").exists():
+        model.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
+    return Run(path, config, pd.read_csv(path / "history.csv"), metrics, model)
+
+
+def _check_config(path: Path, config: TrainConfig) -> None:
+    saved_file = path / "config.json"
+    if not saved_file.exists():
+        return
+    saved = json.loads(saved_file.read_text())
+    now = dataclasses.asdict(config)
+    diff = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
+    if diff:
+        changes = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
+        raise RunConflictError(
+            f"{path} holds a run with a different configuration ({changes}). "
+            "Choose another run name (or results folder), or delete that folder to start over.")
+
+
+def _epoch_line(row: dict, split: str, total: int) -> str:
+    return (f"epoch {row['epoch']:>3}/{total}  train loss {row['train_loss']:.4f} acc {row['train_acc']:6.2%}  "
+            f"{split} loss {row[f'{split}_loss']:.4f} acc {row[f'{split}_acc']:6.2%}  "
+            f"{row['seconds']:6.1f} s  {row['images_per_s']:6.0f} img/s")
+
+
+def fit(config: TrainConfig, data: D.CIFAR10, run_name: str | None = None, results_dir="results",
+        device: str | None = None, progress: bool | None = None, verbose: bool = True) -> Run:
+    """Train ``config`` on ``data`` into ``results_dir/run_name``, resuming if a checkpoint is there.
+
+    A finished run of the same configuration is loaded, not retrained. ``progress``
+    shows a per-batch bar that disappears at the end of each epoch (default: on
+    unless TQDM_DISABLE is set).
+    """
+    from tqdm.auto import tqdm
+
+    dev = pick_device(device)
+    config = dataclasses.replace(config, precision=resolve_precision(config.precision, dev))
+    path = D.project_path(results_dir) / (run_name or config.default_name())
+    _check_config(path, config)
+    split = config.eval_split
+    if (path / "metrics.json").exists() and (path / "model.pt").exists():
+        run = load_run(path)
+        if verbose:
+            print(f"{path.name}: finished run found in {path}; loading it instead of training again.")
+            for row in run.history.to_dict("records"):
+                print(_epoch_line(row, split, config.epochs))
+        return run
+    path.mkdir(parents=True, exist_ok=True)
+    save_json(dataclasses.asdict(config), path / "config.json")
+
+    # data: optional quick-run subsets, optional validation hold-out
+    train, test = data.train, data.test
+    if config.validation:
+        train, test = D.hold_out(train, config.validation)
+    if config.train_subset:
+        train = D.balanced_subset(train, config.train_subset)
+    if config.test_subset:
+        test = D.balanced_subset(test, config.test_subset)
+    channels_last = dev.type != "mps"
+    x_train, y_train = D.to_device(train, dev, channels_last)
+    x_test, y_test = D.to_device(test, dev, channels_last)
+
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    shuffle = torch.Generator().manual_seed(config.seed)
+    model = build_model(config.model, config.head).to(dev)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    history: list[dict] = []
+    ckpt_file = path / "checkpoint.pt"
+    if ckpt_file.exists():
+        ckpt = torch.load(ckpt_file, map_location=dev, weights_only=False)
+        if ckpt["config"] != dataclasses.asdict(config):
+            raise RunConflictError(f"{ckpt_file} was made with a different configuration; "
+                                   "delete it or choose another run name.")
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        _restore_rng(ckpt["rng"], shuffle)
+        history = ckpt["history"]
+        if verbose:
+            print(f"{path.name}: resuming after epoch {len(history)} from {ckpt_file}")
+
+    env = environment(dev)
+    if verbose and not history:
+        print(f"{path.name}: {config.model} ({count_parameters(model):,} parameters), {len(train):,} train / "
+              f"{len(test):,} {split} images, {config.epochs} epochs, batch {config.batch_size}, "
+              f"{config.precision} on {dev} with {env['threads']} threads")
+    for epoch in range(len(history) + 1, config.epochs + 1):
+        start = time.perf_counter()
+        model.train()
+        loss_sum = torch.zeros((), device=dev)
+        correct = torch.zeros((), device=dev, dtype=torch.int64)
+        n_batches = -(-len(y_train) // config.batch_size)
+        bar = tqdm(D.batches(x_train, y_train, config.batch_size, shuffle), total=n_batches, leave=False,
+                   desc=f"epoch {epoch}", **({} if progress is None else {"disable": not progress}))
+        for xb, yb in bar:
+            with autocast(dev, config.precision):
+                logits = model(xb)
+            loss = F.cross_entropy(logits.float(), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.detach() * len(yb)
+            correct += (logits.argmax(1) == yb).sum()
+        train_seconds = time.perf_counter() - start
+        ev = evaluate(model, x_test, y_test, precision=config.precision)
+        seconds = time.perf_counter() - start
+        row = {"epoch": epoch, "train_loss": loss_sum.item() / len(y_train),
+               "train_acc": correct.item() / len(y_train),
+               f"{split}_loss": ev["loss"], f"{split}_acc": ev["accuracy"],
+               "seconds": seconds, "images_per_s": len(y_train) / train_seconds}
+        history.append(row)
+        ckpt = {"config": dataclasses.asdict(config), "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "rng": _rng_state(shuffle), "history": history}
+        _atomic_write(ckpt_file, lambda f: torch.save(ckpt, f))
+        _atomic_write(path / "history.csv", lambda f: f.write(pd.DataFrame(history).to_csv(index=False).encode()))
+        if verbose:
+            print(_epoch_line(row, split, config.epochs), flush=True)
+
+    hist = pd.DataFrame(history)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    _atomic_write(path / "model.pt", lambda f: torch.save(state, f))
+    best = hist.loc[hist[f"{split}_acc"].idxmax()]
+    metrics = {
+        "config": dataclasses.asdict(config), "environment": env, "data": data.source,
+        "official_data": data.official, "parameters": count_parameters(model),
+        "train_images": len(train), f"{split}_images": len(test),
+        f"best_{split}_acc": float(best[f"{split}_acc"]), "best_epoch": int(best["epoch"]),
+        f"final_{split}_acc": float(hist[f"{split}_acc"].iloc[-1]),
+        f"lowest_{split}_loss_epoch": int(hist.loc[hist[f"{split}_loss"].idxmin(), "epoch"]),
+        "train_seconds": float(hist["seconds"].sum()),
+        "finished": True,
+    }
+    save_json(metrics, path / "metrics.json")
+    ckpt_file.unlink(missing_ok=True)
+    model.cpu()
+    return Run(path, config, hist, metrics, model)

@@ -1,0 +1,66 @@
+#!/usr/bin/env python
+"""Execute the report's notebooks in order with papermill.
+
+    python scripts/run_notebooks.py --in-place                  # the full report
+    python scripts/run_notebooks.py --output build/quick -p epochs 3 -p train_subset 5000
+    python scripts/run_notebooks.py --output /tmp/x --only 01 06
+
+Parameters given with -p go to every notebook that declares them in its
+``parameters`` cell; the others ignore them. Prints how long each notebook took.
+"""
+import argparse
+import ast
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+import papermill as pm
+
+NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+
+
+def declared_parameters(path: Path) -> set[str]:
+    nb = nbformat.read(path, as_version=4)
+    for cell in nb.cells:
+        if "parameters" in cell.metadata.get("tags", []):
+            tree = ast.parse(cell.source)
+            return {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets
+                    if isinstance(t, ast.Name)}
+    return set()
+
+
+def parse_value(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    where = ap.add_mutually_exclusive_group(required=True)
+    where.add_argument("--in-place", action="store_true", help="overwrite notebooks/ with the executed copies")
+    where.add_argument("--output", type=Path, help="write executed copies to this folder")
+    ap.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
+    ap.add_argument("--only", nargs="*", help="notebook number prefixes to run, e.g. 01 06")
+    args = ap.parse_args(argv)
+    params = {k: parse_value(v) for k, v in args.p}
+    notebooks = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    if args.only:
+        notebooks = [nb for nb in notebooks if nb.name[:2] in args.only]
+    if args.output:
+        args.output.mkdir(parents=True, exist_ok=True)
+    for nb in notebooks:
+        out = nb if args.in_place else args.output / nb.name
+        own = {k: v for k, v in params.items() if k in declared_parameters(nb)}
+        start = time.perf_counter()
+        print(f"{nb.name}: running with {own or 'its defaults'}", flush=True)
+        pm.execute_notebook(str(nb), str(out), parameters=own, cwd=str(NOTEBOOKS), progress_bar=False,
+                            kernel_name="python3")
+        print(f"{nb.name}: done in {time.perf_counter() - start:.0f} s -> {out}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,43 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+import helpers as H
+
+
+def test_loss_is_the_whole_set_mean_with_a_short_last_batch():
+    torch.manual_seed(0)
+    model = H.build_model("avgpool")
+    x, y = torch.randn(250, 3, 32, 32), torch.randint(0, 10, (250,))
+    with torch.no_grad():
+        model.eval()
+        expected = F.cross_entropy(model(x), y).item()
+    for batch in (64, 100, 1000):
+        assert H.evaluate(model, x, y, batch_size=batch)["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_evaluation_restores_the_mode_and_tracks_no_gradients(training):
+    model = H.build_model("avgpool_dropout").train(training)
+    logits = H.predict(model, torch.randn(10, 3, 32, 32))
+    assert model.training is training
+    assert not logits.requires_grad
+
+
+def test_evaluation_is_deterministic_with_dropout():
+    model = H.build_model("avgpool_dropout").train()
+    x = torch.randn(20, 3, 32, 32)
+    assert torch.equal(H.predict(model, x), H.predict(model, x))
+
+
+def test_confusion_matrix_and_per_class_accuracy():
+    labels = torch.tensor([0, 0, 1, 1, 2])
+    pred = torch.tensor([0, 1, 1, 1, 0])
+    m = H.confusion_matrix(pred, labels, num_classes=3)
+    assert m.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
+    acc = H.per_class_accuracy(m, classes=["a", "b", "c"])
+    assert acc.tolist() == [0.5, 1.0, 0.0]
+
+
+def test_author_loss_scale_is_about_one_64th():
+    assert H.author_loss_scale(1.0) == pytest.approx(157 / 10_000)

@@ -1,0 +1,72 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import helpers as H
+
+
+@pytest.mark.parametrize("name,head,count,outputs", [
+    ("fc", "linear", 2_190_122, 10),
+    ("avgpool", "linear", 1_132_842, 10),
+    ("avgpool_dropout", "linear", 1_132_842, 10),
+    ("avgpool", "author", 1_130_272, 256),
+    ("avgpool_dropout", "author", 1_130_272, 256),
+])
+def test_shapes_and_parameter_counts(name, head, count, outputs):
+    model = H.build_model(name, head)
+    assert H.count_parameters(model) == count
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, outputs)
+
+
+def test_bad_names_are_refused():
+    with pytest.raises(ValueError, match="unknown model"):
+        H.build_model("resnet")
+    with pytest.raises(ValueError, match="only applies to the average-pooling"):
+        H.build_model("fc", head="author")
+
+
+def test_layer_table_adds_up():
+    model = H.build_model("fc")
+    table = H.layer_table(model)
+    assert table["parameters"].sum() == H.count_parameters(model)
+    assert table.iloc[-1]["output"] == "10"
+    # SPEC.md: about 107 MFLOP forward per image
+    assert 100 < table["MFLOPs"].sum() < 115
+    pools = table[table["type"] == "MaxPool2d"]
+    assert pools["output"].tolist() == ["32x16x16", "128x8x8", "128x4x4", "256x2x2"]
+
+
+@pytest.mark.parametrize("name", list(H.VARIANTS))
+def test_initial_loss_is_near_ln10(name, fake_data):
+    torch.manual_seed(0)
+    model = H.build_model(name).eval()
+    x = H.normalize(fake_data.train.images[:256])
+    with torch.no_grad():
+        loss = F.cross_entropy(model(x), fake_data.train.labels[:256]).item()
+    assert abs(loss - math.log(10)) < 0.15
+
+
+def test_a_model_overfits_one_batch(fake_data):
+    torch.manual_seed(0)
+    model = H.build_model("avgpool")
+    x, y = H.normalize(fake_data.train.images[:32]), fake_data.train.labels[:32]
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    for _ in range(150):
+        opt.zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05
+    assert (model(x).argmax(1) == y).all()
+
+
+def test_dropout_keeps_half_and_rescales():
+    from helpers.models import Dropout
+    drop = Dropout(0.5)
+    x = torch.ones(100_000)
+    out = drop(x)
+    assert set(out.unique().tolist()) == {0.0, 2.0}
+    assert 0.48 < (out > 0).float().mean().item() < 0.52
+    assert torch.equal(drop.eval()(x), x)

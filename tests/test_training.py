@@ -1,0 +1,98 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import helpers as H
+
+METRICS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc"]
+TINY = dict(epochs=2, train_subset=200, test_subset=100)
+
+
+def _fit(data, tmp_path, name="run", **kw):
+    return H.fit(H.TrainConfig(**{**TINY, **kw}), data, run_name=name, results_dir=tmp_path, progress=False,
+                 verbose=False)
+
+
+def test_a_run_writes_its_results_and_learns(fake_data, tmp_path):
+    run = _fit(fake_data, tmp_path, model="fc", epochs=3, train_subset=None)
+    files = {p.name for p in (tmp_path / "run").iterdir()}
+    assert files == {"config.json", "history.csv", "metrics.json", "model.pt"}   # checkpoint dropped at the end
+    hist = pd.read_csv(tmp_path / "run" / "history.csv")
+    assert list(hist.columns) == METRICS + ["seconds", "images_per_s"] and len(hist) == 3
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["finished"] and metrics["parameters"] == 2_190_122 and metrics["config"]["precision"] == "fp32"
+    assert metrics["best_test_acc"] == hist["test_acc"].max() > 0.5   # colours are easy to learn
+    loaded = H.load_run(tmp_path / "run")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.model.state_dict().values(), run.model.state_dict().values()))
+
+
+def test_same_seed_same_history_other_seed_other_history(fake_data, tmp_path):
+    a = _fit(fake_data, tmp_path, "a", model="avgpool_dropout", seed=1).history[METRICS]
+    b = _fit(fake_data, tmp_path, "b", model="avgpool_dropout", seed=1).history[METRICS]
+    c = _fit(fake_data, tmp_path, "c", model="avgpool_dropout", seed=2).history[METRICS]
+    pd.testing.assert_frame_equal(a, b)
+    assert not a.equals(c)
+
+
+def test_finished_run_is_loaded_not_retrained(fake_data, tmp_path, capsys):
+    first = _fit(fake_data, tmp_path, model="avgpool")
+    again = H.fit(H.TrainConfig(model="avgpool", **TINY), fake_data, run_name="run", results_dir=tmp_path,
+                  progress=False)
+    assert "finished run found" in capsys.readouterr().out
+    pd.testing.assert_frame_equal(first.history, again.history)
+
+
+def test_a_different_config_never_overwrites_a_run(fake_data, tmp_path):
+    _fit(fake_data, tmp_path, model="avgpool")
+    before = (tmp_path / "run" / "history.csv").read_bytes()
+    with pytest.raises(H.RunConflictError, match=r"epochs: 2 there, 3 now.*another run name"):
+        _fit(fake_data, tmp_path, model="avgpool", epochs=3)
+    assert (tmp_path / "run" / "history.csv").read_bytes() == before
+
+
+def test_validation_split_replaces_the_test_set(fake_data, tmp_path):
+    run = _fit(fake_data, tmp_path, model="avgpool", validation=100, test_subset=None)
+    assert {"val_loss", "val_acc"} <= set(run.history.columns) and "test_acc" not in run.history.columns
+    assert run.metrics["val_images"] == 100 and run.metrics["train_images"] == 200
+
+
+def test_interrupted_save_leaves_the_previous_checkpoint_loadable(fake_data, tmp_path, monkeypatch):
+    real_save, calls = torch.save, [0]
+
+    def save_then_crash(obj, f, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 2:              # the second epoch's checkpoint: write half of it, then die
+            f.write(b"partial")
+            raise KeyboardInterrupt
+        return real_save(obj, f, *args, **kwargs)
+    monkeypatch.setattr(torch, "save", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(fake_data, tmp_path, model="avgpool", epochs=3)
+    monkeypatch.setattr(torch, "save", real_save)
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert len(ckpt["history"]) == 1
+    resumed = _fit(fake_data, tmp_path, model="avgpool", epochs=3)
+    assert resumed.history["epoch"].tolist() == [1, 2, 3]
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_to_exactly_the_uninterrupted_result(fake_root, tmp_path):
+    child = [sys.executable, str(Path(__file__).parent / "train_child.py"), str(fake_root)]
+    # 500 fake images in batches of 64 make 8 batches an epoch: batch 19 is in the middle of epoch 3
+    killed = subprocess.run(child + [str(tmp_path / "resumed"), "19"], capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr
+    ckpt = torch.load(tmp_path / "resumed" / "run" / "checkpoint.pt", weights_only=False)
+    assert len(ckpt["history"]) == 2 and not (tmp_path / "resumed" / "run" / "model.pt").exists()
+    resumed = subprocess.run(child + [str(tmp_path / "resumed"), "-1"], capture_output=True, text=True)
+    assert resumed.returncode == 0 and "resuming after epoch 2" in resumed.stdout, resumed.stderr
+    straight = subprocess.run(child + [str(tmp_path / "straight"), "-1"], capture_output=True, text=True)
+    assert straight.returncode == 0, straight.stderr
+    a, b = H.load_run(tmp_path / "resumed" / "run"), H.load_run(tmp_path / "straight" / "run")
+    pd.testing.assert_frame_equal(a.history[METRICS], b.history[METRICS])
+    for (name, wa), wb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.equal(wa, wb), name

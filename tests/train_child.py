@@ -1,0 +1,25 @@
+"""Run by test_training.py in a subprocess: train on the fake data, optionally SIGKILL itself mid-epoch."""
+import os
+import signal
+import sys
+
+import torch
+
+import helpers as H
+from helpers import data as D
+
+root, results, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
+torch.set_num_threads(1)
+if kill_at >= 0:
+    original, seen = D.batches, [0]
+
+    def batches_then_die(*args, **kwargs):
+        for item in original(*args, **kwargs):
+            if seen[0] == kill_at:
+                os.kill(os.getpid(), signal.SIGKILL)
+            seen[0] += 1
+            yield item
+    D.batches = batches_then_die
+data = H.load_cifar10(root, download=False, verbose=False)
+H.fit(H.TrainConfig(model="avgpool_dropout", epochs=3, seed=5), data, run_name="run", results_dir=results,
+      progress=False)
