@@ -18,6 +18,7 @@ import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -177,6 +178,23 @@ def hold_out(split: Split, size: int, seed: int = 0) -> tuple[Split, Split]:
     keep = torch.ones(len(split), dtype=torch.bool)
     keep[held] = False
     return split.subset(keep.nonzero().flatten()), split.subset(held)
+
+
+def examples_per_class(split: Split, per_class: int, seed: int = 0) -> Split:
+    """``per_class`` random images of each class, ordered class by class."""
+    g = torch.Generator().manual_seed(seed)
+    picks = [(split.labels == c).nonzero().flatten() for c in range(10)]
+    return split.subset(torch.cat([idx[torch.randperm(len(idx), generator=g)[:per_class]] for idx in picks]))
+
+
+def channel_stats(split: Split) -> pd.DataFrame:
+    """Per-channel mean and std of the pixels, on the [0, 1] scale and after the report's normalisation."""
+    x = split.images.float().div_(255)
+    mean, std = x.mean((0, 2, 3)), x.std((0, 2, 3))
+    z = normalize(split.images)
+    return pd.DataFrame({"mean [0,1]": mean.numpy(), "std [0,1]": std.numpy(),
+                         "normalised mean": z.mean((0, 2, 3)).numpy(), "normalised std": z.std((0, 2, 3)).numpy()},
+                        index=["red", "green", "blue"])
 
 
 # ---------------------------------------------------------------- tensors and batches

@@ -115,6 +115,26 @@ def layer_table(model: nn.Module, input_shape=(3, 32, 32)) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def compare(names=tuple(VARIANTS), head: str = "linear") -> pd.DataFrame:
+    """One row per variant: parameters, the share in the head, FLOPs per image, receptive field."""
+    rows = {}
+    for name in names:
+        table = layer_table(build_model(name, head))
+        conv = table["type"] == "Conv2d"
+        params = int(table["parameters"].sum())
+        fwd = float(table["MFLOPs"].sum())
+        rows[VARIANTS[name]] = {
+            "parameters": params,
+            "convolution parameters": int(table.loc[conv, "parameters"].sum()),
+            "head parameters": params - int(table.loc[conv, "parameters"].sum()),
+            "head share %": 100 * (params - table.loc[conv, "parameters"].sum()) / params,
+            "forward MFLOPs/image": fwd,
+            "training MFLOPs/image (~3x forward)": 3 * fwd,
+            "receptive field of conv7 (px)": int(table.loc[table["layer"] == "conv7", "receptive field"].iloc[0]),
+        }
+    return pd.DataFrame(rows).T
+
+
 def forward_flops(model: nn.Module) -> float:
     """Forward FLOPs per image (convolutions and linear layers)."""
     return float(layer_table(model)["MFLOPs"].sum() * 1e6)

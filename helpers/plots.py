@@ -12,6 +12,7 @@ from pathlib import Path
 
 import matplotlib
 import matplotlib.pyplot as plt
+import matplotlib.ticker
 import numpy as np
 import seaborn as sns
 
@@ -54,23 +55,67 @@ def curves(histories: dict, column: str, ax=None, ylabel: str | None = None, per
         ax.plot(hist["epoch"], y, color=COLORS.get(name), linestyle=linestyle,
                 label=VARIANTS.get(name, name) + label_suffix)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel(ylabel or column)
     ax.legend()
     return ax
 
 
-def image_grid(images, titles=None, ncols: int = 10, size: float = 1.1, title_colors=None):
-    """A grid of uint8 images (N, 3, H, W) with optional titles; returns the figure."""
+def run_curves(history, split: str = "test", title: str | None = None):
+    """Loss and accuracy per epoch, training against evaluation: where the gap opens is overfitting."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, metric, label in ((ax_loss, "loss", "mean cross-entropy"), (ax_acc, "acc", "accuracy (%)")):
+        scale = 100 if metric == "acc" else 1
+        ax.plot(history["epoch"], history[f"train_{metric}"] * scale, color="0.55", label="train")
+        ax.plot(history["epoch"], history[f"{split}_{metric}"] * scale, color="tab:red", label=split)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_ylabel(label)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def pixel_histograms(raw, normalised):
+    """Per-channel pixel histograms before (0..255) and after the report's normalisation."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
+    colors = ("tab:red", "tab:green", "tab:blue")
+    for c, (name, color) in enumerate(zip(("red", "green", "blue"), colors)):
+        axes[0].hist(np.asarray(raw[:, c]).ravel(), bins=64, range=(0, 255), histtype="step", color=color,
+                     label=name, density=True)
+        axes[1].hist(np.asarray(normalised[:, c]).ravel(), bins=64, range=(-1, 1), histtype="step", color=color,
+                     label=name, density=True)
+    axes[0].set_xlabel("pixel value (uint8)")
+    axes[1].set_xlabel("after (x/255 - 0.5) / 0.5")
+    for ax in axes:
+        ax.set_ylabel("density")
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def image_grid(images, titles=None, ncols: int = 10, size: float = 1.1, row_labels=None):
+    """A grid of uint8 images (N, 3, H, W) with optional per-image titles or per-row labels."""
     images = np.asarray(images)
     n = len(images)
     nrows = -(-n // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size, nrows * size * (1.25 if titles else 1)))
-    for i, ax in enumerate(np.atleast_1d(axes).flat):
-        ax.axis("off")
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size + (1 if row_labels else 0),
+                                                    nrows * size * (1.25 if titles else 1)),
+                             squeeze=False, dpi=72)   # small inline; save_figure still writes 200 dpi
+    for i, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.grid(False)
+        for spine in ax.spines.values():
+            spine.set_visible(False)
         if i < n:
-            ax.imshow(images[i].transpose(1, 2, 0))
+            ax.imshow(images[i].transpose(1, 2, 0), interpolation="nearest")
             if titles is not None:
-                ax.set_title(titles[i], fontsize=7, color=(title_colors[i] if title_colors else "black"))
+                ax.set_title(titles[i], fontsize=7)
+        if row_labels is not None and i % ncols == 0 and i // ncols < len(row_labels):
+            ax.set_ylabel(row_labels[i // ncols], rotation=0, ha="right", va="center", fontsize=9)
     return fig
 
 

@@ -36,6 +36,23 @@ def _split(run: Run) -> str:
     return run.config.eval_split
 
 
+def run_summary(run: Run) -> str:
+    """A short paragraph about one run, every number read from its history and metrics."""
+    h, s = run.history, _split(run)
+    acc, loss = h[f"{s}_acc"] * 100, h[f"{s}_loss"]
+    best_ep = int(h.loc[acc.idxmax(), "epoch"])
+    low_ep = int(h.loc[loss.idxmin(), "epoch"])
+    gap = (h["train_acc"].iloc[-1] - h[f"{s}_acc"].iloc[-1]) * 100
+    env = run.metrics.get("environment", {})
+    return (f"**{VARIANTS.get(run.config.model, run.config.model)}** ({run.metrics['parameters']:,} parameters, "
+            f"{len(h)} epochs, {run.config.precision}): best {s} accuracy **{acc.max():.2f}%** at epoch {best_ep}, "
+            f"final {acc.iloc[-1]:.2f}%. The {s} loss was lowest at epoch {low_ep} ({loss.min():.3f}) and ended at "
+            f"{loss.iloc[-1]:.3f}. At the end the model fits {h['train_acc'].iloc[-1] * 100:.1f}% of its training "
+            f"images, {abs(gap):.1f} points {'above' if gap >= 0 else 'below'} its {s} accuracy. Training took {h['seconds'].sum() / 60:.1f} minutes "
+            f"({h['seconds'].mean():.1f} s per epoch) on {env.get('device', '?')} with {env.get('threads', '?')} "
+            f"threads.")
+
+
 def summary_table(runs: dict[str, Run]) -> pd.DataFrame:
     """Ours beside the author's: accuracy in percent, epochs, parameters, minutes of training."""
     rows = {}
@@ -128,3 +145,32 @@ def findings_markdown(items: list[dict]) -> str:
              f"{f['evidence'][1:]}" for f in items]
     held = sum(f["holds"] for f in items)
     return "\n".join(lines) + f"\n\n{held} of the author's {len(items)} findings hold in this run."
+
+
+def conclusion(runs: dict[str, Run]) -> str:
+    """The closing paragraph: the ranking, the overfitting and what they say about the author's conclusion."""
+    if set(runs) != set(VARIANTS):
+        return "_The conclusion needs finished runs of all three variants._"
+    s = _split(runs["fc"])
+    best = {n: r.history[f"{s}_acc"].max() * 100 for n, r in runs.items()}
+    order = sorted(best, key=best.get)
+    ranking = " < ".join(f"{VARIANTS[n]} ({best[n]:.1f}%)" for n in order)
+    same_order = order == list(VARIANTS)
+    rises = {n: runs[n].history[f"{s}_loss"].iloc[-1] / runs[n].history[f"{s}_loss"].min() for n in runs}
+    held = sum(f["holds"] for f in findings(runs))
+    epochs = len(runs["fc"].history)
+    text = (f"Ranked by best {s} accuracy over {epochs} epochs: {ranking}. "
+            + ("This is the author's order. " if same_order else "This is not the author's order. ")
+            + "At the end of training the test loss is "
+            + ", ".join(f"{rises[n]:.1f}x its minimum for {VARIANTS[n]}" for n in runs) + ". "
+            + f"{held} of the author's {len(findings(runs))} findings hold in this run. ")
+    if rises["avgpool_dropout"] < min(rises["fc"], rises["avgpool"]):
+        text += ("The central conclusion stands: without regularisation both models overfit, and dropout "
+                 "keeps the test loss from climbing. Dropout does not remove parameters, though; it makes "
+                 "each one less able to rely on the others, so the author's reading (dropout \"reduces the "
+                 "number of parameters\") is better put as \"dropout regularises\". Whether fewer "
+                 "parameters are the way past 90%, as the author suspected, is the subject of the "
+                 "follow-up notebooks.")
+    else:
+        text += "In this run dropout did not keep the test loss lower than the other two models did."
+    return text

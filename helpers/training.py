@@ -111,6 +111,34 @@ def environment(device: torch.device) -> dict:
     return info
 
 
+def print_setup(parameters: dict, data: "D.CIFAR10 | None" = None, device: str | None = None) -> None:
+    """What a reader needs to trust a notebook: versions, device, threads, data source, parameters."""
+    dev = pick_device(device)
+    for key, value in environment(dev).items():
+        print(f"{key:>12}: {value}")
+    if data is not None:
+        print(f"{'data':>12}: {data.source}")
+        if not data.official:
+            print(f"{'':>12}  a JPEG (quality 75) re-encoding of CIFAR-10: expect accuracy up to ~2 points lower")
+    for key, value in parameters.items():
+        print(f"{key:>12} = {value!r}")
+
+
+def overfit_one_batch(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                      steps: int = 150, lr: float = 1e-3) -> list[float]:
+    """Train on one fixed batch (dropout off) and return the loss per step: a working model drives it to ~0."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    model.eval()   # no dropout: the point is to check that gradients flow, not to regularise
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        loss = F.cross_entropy(model(images), labels)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
 # ---------------------------------------------------------------- atomic files
 
 def _atomic_write(path: Path, write) -> None:
@@ -167,6 +195,18 @@ def load_run(path) -> Run:
     return Run(path, config, pd.read_csv(path / "history.csv"), metrics, model)
 
 
+def splits(config: TrainConfig, data: D.CIFAR10) -> tuple[D.Split, D.Split]:
+    """The (train, evaluation) images a run uses: optional validation hold-out, optional quick-run subsets."""
+    train, test = data.train, data.test
+    if config.validation:
+        train, test = D.hold_out(train, config.validation)
+    if config.train_subset:
+        train = D.balanced_subset(train, config.train_subset)
+    if config.test_subset:
+        test = D.balanced_subset(test, config.test_subset)
+    return train, test
+
+
 def _check_config(path: Path, config: TrainConfig) -> None:
     saved_file = path / "config.json"
     if not saved_file.exists():
@@ -212,14 +252,7 @@ def fit(config: TrainConfig, data: D.CIFAR10, run_name: str | None = None, resul
     path.mkdir(parents=True, exist_ok=True)
     save_json(dataclasses.asdict(config), path / "config.json")
 
-    # data: optional quick-run subsets, optional validation hold-out
-    train, test = data.train, data.test
-    if config.validation:
-        train, test = D.hold_out(train, config.validation)
-    if config.train_subset:
-        train = D.balanced_subset(train, config.train_subset)
-    if config.test_subset:
-        test = D.balanced_subset(test, config.test_subset)
+    train, test = splits(config, data)
     channels_last = dev.type != "mps"
     x_train, y_train = D.to_device(train, dev, channels_last)
     x_test, y_test = D.to_device(test, dev, channels_last)
@@ -245,6 +278,8 @@ def fit(config: TrainConfig, data: D.CIFAR10, run_name: str | None = None, resul
         if verbose:
             print(f"{path.name}: resuming after epoch {len(history)} from {ckpt_file}")
 
+    # tqdm's notebook bar ignores TQDM_DISABLE, so honour it here (papermill runs set it)
+    show_bar = progress if progress is not None else not os.environ.get("TQDM_DISABLE")
     env = environment(dev)
     if verbose and not history:
         print(f"{path.name}: {config.model} ({count_parameters(model):,} parameters), {len(train):,} train / "
@@ -257,7 +292,7 @@ def fit(config: TrainConfig, data: D.CIFAR10, run_name: str | None = None, resul
         correct = torch.zeros((), device=dev, dtype=torch.int64)
         n_batches = -(-len(y_train) // config.batch_size)
         bar = tqdm(D.batches(x_train, y_train, config.batch_size, shuffle), total=n_batches, leave=False,
-                   desc=f"epoch {epoch}", **({} if progress is None else {"disable": not progress}))
+                   desc=f"epoch {epoch}", disable=not show_bar)
         for xb, yb in bar:
             with autocast(dev, config.precision):
                 logits = model(xb)

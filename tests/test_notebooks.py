@@ -1,0 +1,62 @@
+"""Every notebook runs top to bottom on a tiny budget, as `make quick` and `make report` run them."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import helpers as H
+from conftest import REPO, real_root, requires_real_data
+
+FIGURES = ["class_balance", "examples_per_class", "pixel_histograms", "parameters_per_layer", "overfit_one_batch",
+           "curves_fc", "curves_avgpool", "curves_avgpool_dropout", "test_accuracy", "test_loss", "train_vs_test",
+           "confusion_matrices", "per_class_accuracy", "misclassified"]
+
+
+def run_notebooks(out: Path, root: Path, extra: list[str], only=()):
+    params = {"epochs": "1", "data_root": str(root), "results_dir": str(out / "results"),
+              "figures_dir": str(out / "figures"), "sanity_steps": "5"}
+    cmd = [sys.executable, str(REPO / "scripts" / "run_notebooks.py"), "--output", str(out / "notebooks")]
+    for k, v in params.items():
+        cmd += ["-p", k, v]
+    cmd += extra + (["--only", *only] if only else [])
+    done = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def check_outputs(out: Path):
+    for model in H.VARIANTS:
+        run = out / "results" / model
+        assert {"config.json", "history.csv", "metrics.json", "model.pt"} <= {p.name for p in run.iterdir()}
+    made = {p.name for p in (out / "figures").iterdir()}
+    assert {f"{name}.{ext}" for name in FIGURES for ext in ("png", "pdf")} <= made
+    for nb in (out / "notebooks").glob("*.ipynb"):
+        text = nb.read_text()
+        assert nb.stat().st_size < 1_000_000, nb.name
+        assert '"output_type": "error"' not in text and "widget-view" not in text, nb.name
+        tags = [c["metadata"].get("tags", []) for c in json.loads(text)["cells"]]
+        assert ["parameters"] in tags, f"{nb.name} has no cell tagged 'parameters'"
+
+
+@pytest.mark.slow
+def test_every_notebook_runs_on_generated_data(fake_root, tmp_path):
+    log = run_notebooks(tmp_path, fake_root, [])
+    assert log.count("done in") == 6
+    check_outputs(tmp_path)
+    # the analysis notebook runs on its own from saved results, training nothing
+    for f in (tmp_path / "figures").iterdir():
+        f.unlink()
+    before = {p: p.stat().st_mtime for p in (tmp_path / "results").rglob("*")}
+    run_notebooks(tmp_path, fake_root, [], only=["06"])
+    assert (tmp_path / "figures" / "test_accuracy.png").exists()
+    assert before == {p: p.stat().st_mtime for p in (tmp_path / "results").rglob("*")}
+
+
+@pytest.mark.slow
+@requires_real_data
+def test_every_notebook_runs_on_a_real_subset(tmp_path):
+    run_notebooks(tmp_path, real_root(), ["-p", "train_subset", "1000", "-p", "test_subset", "500"])
+    check_outputs(tmp_path)
