@@ -29,6 +29,7 @@ data: $(STAMP)
 
 report: data
 	TQDM_DISABLE=1 $(PY) scripts/run_notebooks.py --in-place -p results_dir $(RESULTS)
+	$(PY) scripts/update_readme.py --results $(RESULTS)
 
 quick: data
 	TQDM_DISABLE=1 $(PY) scripts/run_notebooks.py --output build/quick $(QUICK_PARAMS)

@@ -142,13 +142,6 @@ def time_project(name, data, steps, warmup, eval_images, precision="bf16", chann
     return train_ips, eval_ips
 
 
-def markdown(df: pd.DataFrame) -> str:
-    fmt = lambda v: f"{v:,.1f}" if isinstance(v, float) else str(v)  # noqa: E731
-    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines)
-
-
 def epoch_seconds(train_ips, eval_ips):
     return TRAIN_EPOCH / train_ips + TEST_EPOCH / eval_ips
 
@@ -213,10 +206,12 @@ def main(argv=None):
     text = [f"# Training speed, {time.strftime('%Y-%m-%d')}", "", f"Machine: {machine}.", "",
             f"{args.steps} timed steps of batch 64 per measurement (after {args.warmup} warm-up steps); the test "
             f"pass timed on {args.eval_images} images; seconds per epoch extrapolated to 50,000 + 10,000 images.",
-            "", markdown(table)]
+            "", H.results.markdown_table(table)]
     if levers is not None:
-        text += ["", "One lever at a time (project path):", "", markdown(levers)]
+        text += ["", "One lever at a time (project path):", "", H.results.markdown_table(levers)]
     args.out.write_text("\n".join(text) + "\n")
+    if args.out == HERE / "latest.md":
+        H.results.write_section(HERE / "README.md", "train-speed", "\n".join(text[2:]))
     print(f"\nwritten to {args.out}")
 
 

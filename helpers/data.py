@@ -224,3 +224,15 @@ def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.
         else:
             idx = order[start:start + batch_size]
             yield x[idx], y[idx]
+
+
+def flip_and_crop(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random horizontal flip (p = 0.5) and random crop after ``pad`` pixels of reflection padding,
+    per image, on whatever device the batch lives; the random numbers come from ``generator`` (CPU)."""
+    n, _, h, w = x.shape
+    channels_last = x.is_contiguous(memory_format=torch.channels_last)
+    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device).view(-1, 1, 1, 1)
+    padded = torch.nn.functional.pad(torch.where(flip, x.flip(3), x), (pad, pad, pad, pad), mode="reflect")
+    dx, dy = torch.randint(0, 2 * pad + 1, (2, n), generator=generator).tolist()
+    out = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    return out.contiguous(memory_format=torch.channels_last) if channels_last else out

@@ -30,22 +30,27 @@ def _device_of(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def predict(model, images: torch.Tensor, batch_size: int = 1000, precision: str = "fp32") -> torch.Tensor:
-    """Logits (float32) for normalised ``images``, computed on the model's device."""
+def predict(model, images: torch.Tensor, batch_size: int = 1000, precision: str = "fp32",
+            tta_flip: bool = False) -> torch.Tensor:
+    """Logits (float32) for normalised ``images``, computed on the model's device.
+    ``tta_flip`` averages the logits of each image and its mirror image."""
     device = _device_of(model)
     outputs = []
     with eval_mode(model):
         for start in range(0, len(images), batch_size):
             xb = images[start:start + batch_size].to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                outputs.append(model(xb).float())
+                logits = model(xb).float()
+                if tta_flip:
+                    logits = (logits + model(xb.flip(3)).float()) / 2
+            outputs.append(logits)
     return torch.cat(outputs)
 
 
 def evaluate(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000,
-             precision: str = "fp32") -> dict:
+             precision: str = "fp32", tta_flip: bool = False) -> dict:
     """Mean cross-entropy per image and accuracy over the whole set."""
-    logits = predict(model, images, batch_size, precision)
+    logits = predict(model, images, batch_size, precision, tta_flip)
     labels = labels.to(logits.device)
     loss = F.cross_entropy(logits, labels, reduction="sum").item() / len(labels)
     accuracy = (logits.argmax(1) == labels).float().mean().item()

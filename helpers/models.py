@@ -56,28 +56,43 @@ class Dropout(nn.Dropout):
         return x * keep.to(x.dtype) * (1.0 / (1.0 - self.p))
 
 
-def build_model(name: str, head: str = "linear", dropout: float = 0.5) -> nn.Sequential:
-    """One of the report's variants; ``head="author"`` keeps the 256-logit output of models 2 and 3."""
+def build_model(name: str, head: str = "linear", dropout: float = 0.5, batchnorm: bool = False,
+                width: float = 1.0) -> nn.Sequential:
+    """One of the report's variants; ``head="author"`` keeps the 256-logit output of models 2 and 3.
+
+    Options beyond the report (off by default): ``batchnorm`` puts a BatchNorm2d between each
+    convolution (then without bias) and its ReLU; ``width`` scales every layer's channel count.
+    """
     if name not in VARIANTS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(VARIANTS)}")
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}; choose 'linear' (10-way) or 'author' (256 logits)")
     if name == "fc" and head != "linear":
         raise ValueError("head='author' only applies to the average-pooling models")
+    if head == "author" and width != 1.0:
+        raise ValueError("head='author' (256 logits) needs width=1.0")
+    if width <= 0:
+        raise ValueError(f"width must be positive, got {width}")
+    channels = [(c_in if i == 0 else max(4, round(c_in * width)), max(4, round(c_out * width)))
+                for i, (c_in, c_out) in enumerate(CONV_CHANNELS)]
     layers: list[tuple[str, nn.Module]] = []
-    for i, (c_in, c_out) in enumerate(CONV_CHANNELS, start=1):
-        layers += [(f"conv{i}", nn.Conv2d(c_in, c_out, 3, stride=1, padding=1)), (f"relu{i}", nn.ReLU())]
+    for i, (c_in, c_out) in enumerate(channels, start=1):
+        layers.append((f"conv{i}", nn.Conv2d(c_in, c_out, 3, stride=1, padding=1, bias=not batchnorm)))
+        if batchnorm:
+            layers.append((f"bn{i}", nn.BatchNorm2d(c_out)))
+        layers.append((f"relu{i}", nn.ReLU()))
         if name == "avgpool_dropout" and i in DROPOUT_AFTER:
             layers.append((f"drop{i}", Dropout(dropout)))
         if i in POOL_AFTER:
             layers.append((f"pool{i}", nn.MaxPool2d(2, stride=2)))
+    features = channels[-1][1]
     if name == "fc":
-        layers += [("flatten", nn.Flatten()), ("fc1", nn.Linear(1024, 1024)), ("relu_fc", nn.ReLU()),
+        layers += [("flatten", nn.Flatten()), ("fc1", nn.Linear(4 * features, 1024)), ("relu_fc", nn.ReLU()),
                    ("fc2", nn.Linear(1024, 10))]
     else:
         layers += [("avgpool", nn.AvgPool2d(2)), ("flatten", nn.Flatten())]
         if head == "linear":
-            layers.append(("classifier", nn.Linear(256, 10)))
+            layers.append(("classifier", nn.Linear(features, 10)))
     return nn.Sequential(OrderedDict(layers))
 
 
@@ -133,6 +148,22 @@ def compare(names=tuple(VARIANTS), head: str = "linear") -> pd.DataFrame:
             "receptive field of conv7 (px)": int(table.loc[table["layer"] == "conv7", "receptive field"].iloc[0]),
         }
     return pd.DataFrame(rows).T
+
+
+def design_checks(model: nn.Sequential) -> pd.DataFrame:
+    """The author's four design choices, each checked on a built model."""
+    table = layer_table(model)
+    convs = [m for m in model if isinstance(m, nn.Conv2d)]
+    pools = [m for m in model if isinstance(m, nn.MaxPool2d)]
+    spatial = table["output"].str.split("x").str[1:]
+    conv_rows = [i for i in table.index if table.loc[i, "type"] == "Conv2d" and i > 0]
+    size_kept = all(spatial[i - 1] == spatial[i] for i in conv_rows) and spatial[0] == ["32", "32"]
+    return pd.DataFrame({
+        "choice": ["padding 1 keeps the size of every convolution's input", "stride 1 in every convolution",
+                   "only 3x3 filters", "2x2 pools with stride 2 never overlap"],
+        "holds": [size_kept and all(c.padding == (1, 1) for c in convs), all(c.stride == (1, 1) for c in convs),
+                  all(c.kernel_size == (3, 3) for c in convs), all(p.kernel_size == p.stride == 2 for p in pools)],
+    })
 
 
 def forward_flops(model: nn.Module) -> float:

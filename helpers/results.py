@@ -21,6 +21,28 @@ AUTHOR = pd.DataFrame(
     index=list(VARIANTS))
 
 
+def markdown_table(df: pd.DataFrame, floatfmt: str = "{:,.1f}") -> str:
+    """A pandas table as GitHub Markdown (without the optional tabulate dependency)."""
+    cell = lambda v: floatfmt.format(v) if isinstance(v, float) else str(v)  # noqa: E731
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def write_section(path, name: str, text: str) -> None:
+    """Replace the text between ``<!-- name:start -->`` and ``<!-- name:end -->`` in a Markdown file
+    (appending the section if the markers are missing), so generated numbers live beside prose."""
+    path = Path(path)
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    old = path.read_text() if path.exists() else ""
+    block = f"{start}\n{text.strip()}\n{end}"
+    if start in old and end in old:
+        new = old[:old.index(start)] + block + old[old.index(end) + len(end):]
+    else:
+        new = old.rstrip() + "\n\n" + block + "\n"
+    path.write_text(new)
+
+
 def load_runs(results_dir="results", names=tuple(VARIANTS)) -> dict[str, Run]:
     """The finished runs among ``names``; missing ones are reported and skipped."""
     runs = {}

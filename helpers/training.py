@@ -54,6 +54,28 @@ class TrainConfig:
     train_subset: int | None = None  # class-balanced subset of the training set, for quick runs
     test_subset: int | None = None
     validation: int = 0             # >0: hold this many training images out and evaluate on them, not on test
+    # options beyond the report's protocol (all off by default; see the follow-up study)
+    batchnorm: bool = False         # BatchNorm2d after every convolution
+    width: float = 1.0              # channel multiplier
+    augment: str = "none"           # none | flip_crop (random mirror and 4-pixel-padded crop)
+    schedule: str = "constant"      # constant | onecycle | cosine (per step)
+    label_smoothing: float = 0.0
+    tta_flip: bool = False          # evaluate on each image and its mirror image
+
+    def __post_init__(self):
+        checks = {"augment": ("none", "flip_crop"), "schedule": ("constant", "onecycle", "cosine"),
+                  "precision": ("fp32", "bf16", "auto")}
+        for field, allowed in checks.items():
+            if getattr(self, field) not in allowed:
+                raise ValueError(f"{field} must be one of {', '.join(allowed)}; got {getattr(self, field)!r}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be positive; got {self.epochs} and {self.batch_size}")
+
+    @classmethod
+    def from_dict(cls, saved: dict) -> "TrainConfig":
+        """A saved configuration; fields added to the class since it was saved take their defaults."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in saved.items() if k in known})
 
     @property
     def eval_split(self) -> str:
@@ -86,8 +108,6 @@ def cpu_has_native_bf16() -> bool:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision not in ("fp32", "bf16", "auto"):
-        raise ValueError(f"precision must be 'fp32', 'bf16' or 'auto', got {precision!r}")
     if precision != "auto":
         return precision
     if device.type == "cuda":
@@ -188,11 +208,25 @@ def load_run(path) -> Run:
     if not metrics_file.exists():
         raise FileNotFoundError(f"{path} holds no finished run (no metrics.json); train it first")
     metrics = json.loads(metrics_file.read_text())
-    config = TrainConfig(**metrics["config"])
-    model = build_model(config.model, config.head)
+    config = TrainConfig.from_dict(metrics["config"])
+    model = make_model(config)
     if (path / "model.pt").exists():
         model.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
     return Run(path, config, pd.read_csv(path / "history.csv"), metrics, model)
+
+
+def make_model(config: TrainConfig) -> torch.nn.Module:
+    return build_model(config.model, config.head, batchnorm=config.batchnorm, width=config.width)
+
+
+def make_schedule(config: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: int):
+    """A per-step learning-rate schedule, or None for the report's constant rate."""
+    total = config.epochs * steps_per_epoch
+    if config.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=total, cycle_momentum=False)
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    return None
 
 
 def splits(config: TrainConfig, data: D.CIFAR10) -> tuple[D.Split, D.Split]:
@@ -211,7 +245,7 @@ def _check_config(path: Path, config: TrainConfig) -> None:
     saved_file = path / "config.json"
     if not saved_file.exists():
         return
-    saved = json.loads(saved_file.read_text())
+    saved = dataclasses.asdict(TrainConfig.from_dict(json.loads(saved_file.read_text())))
     now = dataclasses.asdict(config)
     diff = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
     if diff:
@@ -260,19 +294,23 @@ def fit(config: TrainConfig, data: D.CIFAR10, run_name: str | None = None, resul
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     shuffle = torch.Generator().manual_seed(config.seed)
-    model = build_model(config.model, config.head).to(dev)
+    model = make_model(config).to(dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    n_batches = -(-len(y_train) // config.batch_size)
+    schedule = make_schedule(config, opt, n_batches)
     history: list[dict] = []
     ckpt_file = path / "checkpoint.pt"
     if ckpt_file.exists():
         ckpt = torch.load(ckpt_file, map_location=dev, weights_only=False)
-        if ckpt["config"] != dataclasses.asdict(config):
+        if dataclasses.asdict(TrainConfig.from_dict(ckpt["config"])) != dataclasses.asdict(config):
             raise RunConflictError(f"{ckpt_file} was made with a different configuration; "
                                    "delete it or choose another run name.")
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
+        if schedule is not None:
+            schedule.load_state_dict(ckpt["schedule"])
         _restore_rng(ckpt["rng"], shuffle)
         history = ckpt["history"]
         if verbose:
@@ -290,20 +328,23 @@ def fit(config: TrainConfig, data: D.CIFAR10, run_name: str | None = None, resul
         model.train()
         loss_sum = torch.zeros((), device=dev)
         correct = torch.zeros((), device=dev, dtype=torch.int64)
-        n_batches = -(-len(y_train) // config.batch_size)
         bar = tqdm(D.batches(x_train, y_train, config.batch_size, shuffle), total=n_batches, leave=False,
                    desc=f"epoch {epoch}", disable=not show_bar)
         for xb, yb in bar:
+            if config.augment == "flip_crop":
+                xb = D.flip_and_crop(xb, shuffle)
             with autocast(dev, config.precision):
                 logits = model(xb)
-            loss = F.cross_entropy(logits.float(), yb)
+            loss = F.cross_entropy(logits.float(), yb, label_smoothing=config.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if schedule is not None:
+                schedule.step()
             loss_sum += loss.detach() * len(yb)
             correct += (logits.argmax(1) == yb).sum()
         train_seconds = time.perf_counter() - start
-        ev = evaluate(model, x_test, y_test, precision=config.precision)
+        ev = evaluate(model, x_test, y_test, precision=config.precision, tta_flip=config.tta_flip)
         seconds = time.perf_counter() - start
         row = {"epoch": epoch, "train_loss": loss_sum.item() / len(y_train),
                "train_acc": correct.item() / len(y_train),
@@ -311,6 +352,7 @@ def fit(config: TrainConfig, data: D.CIFAR10, run_name: str | None = None, resul
                "seconds": seconds, "images_per_s": len(y_train) / train_seconds}
         history.append(row)
         ckpt = {"config": dataclasses.asdict(config), "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "schedule": schedule.state_dict() if schedule is not None else None,
                 "rng": _rng_state(shuffle), "history": history}
         _atomic_write(ckpt_file, lambda f: torch.save(ckpt, f))
         _atomic_write(path / "history.csv", lambda f: f.write(pd.DataFrame(history).to_csv(index=False).encode()))

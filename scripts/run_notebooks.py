@@ -7,9 +7,13 @@
 
 Parameters given with -p go to every notebook that declares them in its
 ``parameters`` cell; the others ignore them. Prints how long each notebook took.
+A notebook is executed into NAME.running.ipynb and renamed over its target only
+when it succeeds, so an interrupted or failed run never leaves a half-executed
+notebook in place (the partial copy stays beside it for inspection).
 """
 import argparse
 import ast
+import os
 import sys
 import time
 from pathlib import Path
@@ -46,18 +50,20 @@ def main(argv=None) -> int:
     ap.add_argument("--only", nargs="*", help="notebook number prefixes to run, e.g. 01 06")
     args = ap.parse_args(argv)
     params = {k: parse_value(v) for k, v in args.p}
-    notebooks = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
+    notebooks = sorted(p for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb") if not p.name.endswith(".running.ipynb"))
     if args.only:
         notebooks = [nb for nb in notebooks if nb.name[:2] in args.only]
     if args.output:
         args.output.mkdir(parents=True, exist_ok=True)
     for nb in notebooks:
         out = nb if args.in_place else args.output / nb.name
+        running = out.with_name(out.stem + ".running.ipynb")   # renamed over `out` only on success
         own = {k: v for k, v in params.items() if k in declared_parameters(nb)}
         start = time.perf_counter()
         print(f"{nb.name}: running with {own or 'its defaults'}", flush=True)
-        pm.execute_notebook(str(nb), str(out), parameters=own, cwd=str(NOTEBOOKS), progress_bar=False,
+        pm.execute_notebook(str(nb), str(running), parameters=own, cwd=str(NOTEBOOKS), progress_bar=False,
                             kernel_name="python3")
+        os.replace(running, out)
         print(f"{nb.name}: done in {time.perf_counter() - start:.0f} s -> {out}", flush=True)
     return 0
 

@@ -112,3 +112,16 @@ def test_bad_labels_are_reported(fake_root, tmp_path):
     _rewrite(folder, "data_batch_1", labels=[1] * 99)
     with pytest.raises(H.DataError, match="100 images but 99 labels"):
         H.load_cifar10(root, download=False, verbose=False)
+
+
+def test_flip_and_crop_keeps_shape_and_is_reproducible():
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).view(2, 3, 8, 8).contiguous(memory_format=torch.channels_last)
+    a = D.flip_and_crop(x, torch.Generator().manual_seed(1), pad=2)
+    b = D.flip_and_crop(x, torch.Generator().manual_seed(1), pad=2)
+    assert a.shape == x.shape and torch.equal(a, b)
+    assert a.is_contiguous(memory_format=torch.channels_last)
+    flat = torch.full((4, 3, 8, 8), 7.0)
+    assert torch.equal(D.flip_and_crop(flat, torch.Generator().manual_seed(0)), flat)   # reflection keeps constants
+    seen = {tuple(D.flip_and_crop(x, torch.Generator().manual_seed(s), pad=2)[0, 0, 0, :2].tolist())
+            for s in range(20)}
+    assert len(seen) > 3                                                                # crops actually vary

@@ -65,3 +65,23 @@ def test_dropout_keeps_half_and_rescales():
     assert set(out.unique().tolist()) == {0.0, 2.0}
     assert 0.48 < (out > 0).float().mean().item() < 0.52
     assert torch.equal(drop.eval()(x), x)
+
+
+def test_batchnorm_and_width_options():
+    bn = H.build_model("avgpool_dropout", batchnorm=True)
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in bn) == 7
+    assert all(m.bias is None for m in bn if isinstance(m, torch.nn.Conv2d))
+    half = H.build_model("avgpool", width=0.5)
+    assert half(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+    assert H.count_parameters(half) < H.count_parameters(H.build_model("avgpool")) / 3
+    assert H.build_model("fc", width=0.5)(torch.zeros(1, 3, 32, 32)).shape == (1, 10)
+    with pytest.raises(ValueError, match="needs width=1.0"):
+        H.build_model("avgpool", head="author", width=0.5)
+
+
+def test_design_checks_hold_for_the_report_and_catch_a_violation():
+    assert H.models.design_checks(H.build_model("fc"))["holds"].all()
+    model = H.build_model("avgpool")
+    model.conv3 = torch.nn.Conv2d(32, 64, 3, padding=0)    # shrinks the maps: padding no longer keeps the size
+    model.conv4 = torch.nn.Conv2d(64, 128, 3, padding=2)
+    assert not H.models.design_checks(model)["holds"].iloc[0]

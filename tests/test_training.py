@@ -81,18 +81,52 @@ def test_interrupted_save_leaves_the_previous_checkpoint_loadable(fake_data, tmp
 
 
 @pytest.mark.slow
-def test_a_killed_run_resumes_to_exactly_the_uninterrupted_result(fake_root, tmp_path):
+@pytest.mark.parametrize("options", ["protocol", "all-options"])
+def test_a_killed_run_resumes_to_exactly_the_uninterrupted_result(fake_root, tmp_path, options):
     child = [sys.executable, str(Path(__file__).parent / "train_child.py"), str(fake_root)]
+    opt = [options]
     # 500 fake images in batches of 64 make 8 batches an epoch: batch 19 is in the middle of epoch 3
-    killed = subprocess.run(child + [str(tmp_path / "resumed"), "19"], capture_output=True, text=True)
+    killed = subprocess.run(child + [str(tmp_path / "resumed"), "19"] + opt, capture_output=True, text=True)
     assert killed.returncode == -9, killed.stderr
     ckpt = torch.load(tmp_path / "resumed" / "run" / "checkpoint.pt", weights_only=False)
     assert len(ckpt["history"]) == 2 and not (tmp_path / "resumed" / "run" / "model.pt").exists()
-    resumed = subprocess.run(child + [str(tmp_path / "resumed"), "-1"], capture_output=True, text=True)
+    resumed = subprocess.run(child + [str(tmp_path / "resumed"), "-1"] + opt, capture_output=True, text=True)
     assert resumed.returncode == 0 and "resuming after epoch 2" in resumed.stdout, resumed.stderr
-    straight = subprocess.run(child + [str(tmp_path / "straight"), "-1"], capture_output=True, text=True)
+    straight = subprocess.run(child + [str(tmp_path / "straight"), "-1"] + opt, capture_output=True, text=True)
     assert straight.returncode == 0, straight.stderr
     a, b = H.load_run(tmp_path / "resumed" / "run"), H.load_run(tmp_path / "straight" / "run")
     pd.testing.assert_frame_equal(a.history[METRICS], b.history[METRICS])
     for (name, wa), wb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
         assert torch.equal(wa, wb), name
+
+
+def test_options_are_validated():
+    with pytest.raises(ValueError, match="augment must be one of none, flip_crop"):
+        H.TrainConfig(augment="mixup")
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        H.TrainConfig(schedule="step")
+
+
+def test_a_config_saved_before_new_options_existed_still_matches(fake_data, tmp_path):
+    _fit(fake_data, tmp_path, model="avgpool")
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    for new_field in ("batchnorm", "augment", "schedule", "label_smoothing", "tta_flip", "width"):
+        saved.pop(new_field)
+    (tmp_path / "run" / "config.json").write_text(json.dumps(saved))
+    run = _fit(fake_data, tmp_path, model="avgpool")          # loads, no conflict
+    assert run.config.augment == "none" and len(run.history) == 2
+
+
+def test_one_cycle_schedule_ends_near_zero_and_options_train(fake_data, tmp_path):
+    config = H.TrainConfig(model="avgpool_dropout", schedule="onecycle", augment="flip_crop", batchnorm=True,
+                           label_smoothing=0.1, tta_flip=True, **TINY)
+    opt = torch.optim.Adam(H.training.make_model(config).parameters(), lr=config.lr)
+    sched = H.training.make_schedule(config, opt, steps_per_epoch=5)
+    lrs = []
+    for _ in range(9):      # the rate used by the 10th and last step is set by the 9th scheduler step
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert max(lrs) == pytest.approx(config.lr, rel=0.05) and lrs[-1] < config.lr / 1000
+    run = H.fit(config, fake_data, run_name="opts", results_dir=tmp_path, progress=False, verbose=False)
+    assert run.metrics["config"]["schedule"] == "onecycle" and len(run.history) == 2

@@ -9,6 +9,8 @@ import helpers as H
 from helpers import data as D
 
 root, results, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
+options = dict(batchnorm=True, augment="flip_crop", schedule="onecycle", label_smoothing=0.1, tta_flip=True) \
+    if sys.argv[4:] == ["all-options"] else {}
 torch.set_num_threads(1)
 if kill_at >= 0:
     original, seen = D.batches, [0]
@@ -21,5 +23,5 @@ if kill_at >= 0:
             yield item
     D.batches = batches_then_die
 data = H.load_cifar10(root, download=False, verbose=False)
-H.fit(H.TrainConfig(model="avgpool_dropout", epochs=3, seed=5), data, run_name="run", results_dir=results,
+H.fit(H.TrainConfig(model="avgpool_dropout", epochs=3, seed=5, **options), data, run_name="run", results_dir=results,
       progress=False)
