@@ -314,7 +314,9 @@ def fit(config: TrainConfig, data: D.CIFAR10, run_name: str | None = None, resul
         _restore_rng(ckpt["rng"], shuffle)
         history = ckpt["history"]
         if verbose:
-            print(f"{path.name}: resuming after epoch {len(history)} from {ckpt_file}")
+            print(f"{path.name}: resuming after epoch {len(history)} from {ckpt_file}; the epochs so far:")
+            for row in history:
+                print(_epoch_line(row, split, config.epochs))
 
     # tqdm's notebook bar ignores TQDM_DISABLE, so honour it here (papermill runs set it)
     show_bar = progress if progress is not None else not os.environ.get("TQDM_DISABLE")

@@ -92,6 +92,7 @@ def test_a_killed_run_resumes_to_exactly_the_uninterrupted_result(fake_root, tmp
     assert len(ckpt["history"]) == 2 and not (tmp_path / "resumed" / "run" / "model.pt").exists()
     resumed = subprocess.run(child + [str(tmp_path / "resumed"), "-1"] + opt, capture_output=True, text=True)
     assert resumed.returncode == 0 and "resuming after epoch 2" in resumed.stdout, resumed.stderr
+    assert "epoch   1/3" in resumed.stdout     # the resumed log still shows the whole history
     straight = subprocess.run(child + [str(tmp_path / "straight"), "-1"] + opt, capture_output=True, text=True)
     assert straight.returncode == 0, straight.stderr
     a, b = H.load_run(tmp_path / "resumed" / "run"), H.load_run(tmp_path / "straight" / "run")
