@@ -69,7 +69,7 @@ def main(argv=None):
              H.results.markdown_table(table, "{:.2f}"), "", f"Result: **{'PASS' if passed else 'FAIL'}**: {verdict}.",
              "", "Every run:", "", H.results.markdown_table(long, "{:.2f}")]
     args.out.write_text("\n".join(lines) + "\n")
-    if args.out.parent == HERE:     # the README shows each recorded table in a section named after its file
+    if args.out.resolve().parent == HERE:     # the README shows each recorded table in a section named after its file
         H.results.write_section(HERE / "README.md", args.out.stem, "\n".join(lines[2:]))
     print(f"written to {args.out}")
 
