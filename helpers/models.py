@@ -109,7 +109,7 @@ def layer_table(model: nn.Module, input_shape=(3, 32, 32)) -> pd.DataFrame:
     model.eval()
     with torch.no_grad():
         for name, layer in model.named_children():
-            x_in, x = x, layer(x)
+            x = layer(x)
             flops = 0
             if isinstance(layer, nn.Conv2d):
                 k = layer.kernel_size[0]

@@ -34,7 +34,6 @@ from . import data as D
 from .evaluation import evaluate
 from .models import build_model, count_parameters
 
-REPO_ROOT = D.REPO_ROOT
 
 
 class RunConflictError(RuntimeError):
