@@ -8,7 +8,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RESULTS ?= results
-QUICK_PARAMS := -p epochs 3 -p train_subset 5000 -p test_subset 1000 -p results_dir results-quick -p figures_dir figures-quick
+QUICK_PARAMS := -p epochs 3 -p train_subset 5000 -p test_subset 1000 -p results_dir results-quick -p figures_dir figures-quick \
+	-p seed_epochs 2 -p ladder_epochs 2 -p final_epochs 2
 
 .PHONY: venv test data report quick html bench clean-quick
 

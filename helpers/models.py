@@ -17,6 +17,10 @@ over classes that do not exist. By default the pooled features therefore go
 through a Linear 256->10 layer (+2,570 parameters, which brings the count to
 exactly the 1,132,842 the author reported). ``head="author"`` reproduces the
 original 256-logit output.
+
+Beyond the report (notebook 08): ``convs`` keeps only the first 5 or 6
+convolutions of an average-pooling model, and ``compact`` is a different,
+deliberately small network (see ``build_compact``).
 """
 from __future__ import annotations
 
@@ -32,8 +36,11 @@ VARIANTS = {
     "avgpool": "Average pooling",
     "avgpool_dropout": "Average pooling + dropout",
 }
+# The follow-up study's own network (notebook 08), buildable by name like the report's three.
+MODELS = {**VARIANTS, "compact": "Compact BN network"}
 # The report's colours: blue FC, orange average pooling, green with dropout.
-COLORS = {"fc": "tab:blue", "avgpool": "tab:orange", "avgpool_dropout": "tab:green"}
+COLORS = {"fc": "tab:blue", "avgpool": "tab:orange", "avgpool_dropout": "tab:green", "compact": "tab:purple"}
+COMPACT_WIDTHS = (64, 256, 256)
 HEADS = ("linear", "author")
 CONV_CHANNELS = [(3, 16), (16, 32), (32, 64), (64, 128), (128, 128), (128, 256), (256, 256)]
 POOL_AFTER = {2, 4, 5, 7}       # conv numbers followed by a 2x2/2 max-pool
@@ -57,14 +64,24 @@ class Dropout(nn.Dropout):
 
 
 def build_model(name: str, head: str = "linear", dropout: float = 0.5, batchnorm: bool = False,
-                width: float = 1.0) -> nn.Sequential:
+                width: float = 1.0, convs: int = 7) -> nn.Sequential:
     """One of the report's variants; ``head="author"`` keeps the 256-logit output of models 2 and 3.
 
     Options beyond the report (off by default): ``batchnorm`` puts a BatchNorm2d between each
-    convolution (then without bias) and its ReLU; ``width`` scales every layer's channel count.
+    convolution (then without bias) and its ReLU; ``width`` scales every layer's channel count;
+    ``convs`` (5 or 6, average-pooling models only) drops the last convolutions, and with them most
+    of the parameters. ``name="compact"`` builds the follow-up network instead (``build_compact``).
     """
+    if name == "compact":
+        if head != "linear" or convs != 7:
+            raise ValueError("the compact network takes only the width option")
+        return build_compact(width)
     if name not in VARIANTS:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(VARIANTS)}")
+        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
+    if convs not in (5, 6, 7):
+        raise ValueError(f"convs must be 5, 6 or 7 (the report's models have 7); got {convs}")
+    if convs != 7 and (name == "fc" or head == "author"):
+        raise ValueError("convs < 7 applies to the average-pooling models with the 10-way head")
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}; choose 'linear' (10-way) or 'author' (256 logits)")
     if name == "fc" and head != "linear":
@@ -75,6 +92,7 @@ def build_model(name: str, head: str = "linear", dropout: float = 0.5, batchnorm
         raise ValueError(f"width must be positive, got {width}")
     channels = [(c_in if i == 0 else max(4, round(c_in * width)), max(4, round(c_out * width)))
                 for i, (c_in, c_out) in enumerate(CONV_CHANNELS)]
+    channels = channels[:convs]
     layers: list[tuple[str, nn.Module]] = []
     for i, (c_in, c_out) in enumerate(channels, start=1):
         layers.append((f"conv{i}", nn.Conv2d(c_in, c_out, 3, stride=1, padding=1, bias=not batchnorm)))
@@ -90,9 +108,36 @@ def build_model(name: str, head: str = "linear", dropout: float = 0.5, batchnorm
         layers += [("flatten", nn.Flatten()), ("fc1", nn.Linear(4 * features, 1024)), ("relu_fc", nn.ReLU()),
                    ("fc2", nn.Linear(1024, 10))]
     else:
-        layers += [("avgpool", nn.AvgPool2d(2)), ("flatten", nn.Flatten())]
+        side = 32 // 2 ** len(POOL_AFTER & set(range(1, convs + 1)))   # 2x2 after all seven convolutions
+        layers += [("avgpool", nn.AvgPool2d(side)), ("flatten", nn.Flatten())]
         if head == "linear":
             layers.append(("classifier", nn.Linear(features, 10)))
+    return nn.Sequential(OrderedDict(layers))
+
+
+def build_compact(width: float = 1.0) -> nn.Sequential:
+    """A small all-convolutional network in the style of fast CIFAR-10 trainers (airbench, ResNet-9 DAWNBench).
+
+    A 2x2 stem (24 channels, no padding: 32x32 -> 31x31), then three blocks of [3x3 conv, 2x2 max-pool,
+    BN, ReLU, 3x3 conv, BN, ReLU] with 64, 256 and 256 channels (times ``width``), a global max-pool over
+    the last 3x3 map and one Linear layer. Against model 3 it moves the capacity to where the images are
+    large: its first block works at 31x31 and 15x15 with 64 channels where model 3 has 16 and 32, and
+    its widest layers work at 15x15 to 3x3 rather than 4x4 and 2x2.
+    """
+    if width <= 0:
+        raise ValueError(f"width must be positive, got {width}")
+    widths = [max(8, round(w * width)) for w in COMPACT_WIDTHS]
+    stem = max(8, round(24 * width))
+    layers: list[tuple[str, nn.Module]] = [("conv0", nn.Conv2d(3, stem, 2, padding=0, bias=False)),
+                                           ("bn0", nn.BatchNorm2d(stem)), ("relu0", nn.ReLU())]
+    c_in = stem
+    for b, c in enumerate(widths, start=1):
+        layers += [(f"conv{b}a", nn.Conv2d(c_in, c, 3, padding=1, bias=False)), (f"pool{b}", nn.MaxPool2d(2)),
+                   (f"bn{b}a", nn.BatchNorm2d(c)), (f"relu{b}a", nn.ReLU()),
+                   (f"conv{b}b", nn.Conv2d(c, c, 3, padding=1, bias=False)),
+                   (f"bn{b}b", nn.BatchNorm2d(c)), (f"relu{b}b", nn.ReLU())]
+        c_in = c
+    layers += [("maxpool", nn.MaxPool2d(3)), ("flatten", nn.Flatten()), ("classifier", nn.Linear(c_in, 10))]
     return nn.Sequential(OrderedDict(layers))
 
 

@@ -14,6 +14,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 import matplotlib.ticker
 import numpy as np
+import pandas as pd
 import seaborn as sns
 
 from .data import CLASSES, project_path
@@ -131,3 +132,41 @@ def confusion(matrix, ax=None, classes=CLASSES, title: str | None = None):
     if title:
         ax.set_title(title)
     return ax
+
+
+def seed_bands(histories: dict, column: str, ax=None, ylabel: str | None = None, percent: bool = False):
+    """Per variant, the mean over seeds of a history column (line) and its range (band).
+    ``histories`` maps (variant, seed) to a history."""
+    ax = ax or plt.gca()
+    scale = 100 if percent else 1
+    for variant in VARIANTS:
+        runs = [h.set_index("epoch")[column] * scale for (v, _), h in histories.items() if v == variant]
+        if not runs:
+            continue
+        table = pd.concat(runs, axis=1)
+        ax.plot(table.index, table.mean(axis=1), color=COLORS[variant], label=f"{VARIANTS[variant]} ({len(runs)} seeds)")
+        ax.fill_between(table.index, table.min(axis=1), table.max(axis=1), color=COLORS[variant], alpha=0.2, lw=0)
+    ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.set_ylabel(ylabel or column)
+    ax.legend()
+    return ax
+
+
+def ladder(table: pd.DataFrame):
+    """The ablation ladder: validation accuracy per step (ladder steps dark, side branches light), each bar
+    labelled with the step's parameters and training minutes."""
+    fig, ax = plt.subplots(figsize=(8.5, 0.45 * len(table) + 1.2))
+    y = range(len(table))[::-1]
+    colors = ["tab:gray" if b else "tab:blue" for b in table["branch"]]
+    ax.barh(list(y), table["val acc"], color=colors)
+    low = max(0.0, table["val acc"].min() - 10)
+    for yi, (_, row) in zip(y, table.iterrows()):
+        ax.text(row["val acc"] + 0.3, yi, f"{row['val acc']:.1f}%  ·  {row['parameters'] / 1e6:.2f}M params  ·  "
+                f"{row['minutes']:.0f} min", va="center", fontsize=8)
+    ax.set_yticks(list(y), [("    " if b else "") + c for b, c in zip(table["branch"], table["change"])])
+    ax.set_xlim(low, min(100.0, table["val acc"].max() + 12))
+    ax.set_xlabel("validation accuracy after the last epoch (%)")
+    ax.grid(axis="y", visible=False)
+    fig.tight_layout()
+    return fig

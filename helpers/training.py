@@ -56,14 +56,17 @@ class TrainConfig:
     # options beyond the report's protocol (all off by default; see the follow-up study)
     batchnorm: bool = False         # BatchNorm2d after every convolution
     width: float = 1.0              # channel multiplier
+    convs: int = 7                  # 5 or 6: drop the last convolutions of an average-pooling model
+    optimizer: str = "adam"         # adam | sgd (Nesterov momentum 0.9)
     augment: str = "none"           # none | flip_crop (random mirror and 4-pixel-padded crop)
     schedule: str = "constant"      # constant | onecycle | cosine (per step)
     label_smoothing: float = 0.0
     tta_flip: bool = False          # evaluate on each image and its mirror image
+    eval_each_epoch: bool = True    # False: evaluate once, after the last epoch (a final model and its test set)
 
     def __post_init__(self):
         checks = {"augment": ("none", "flip_crop"), "schedule": ("constant", "onecycle", "cosine"),
-                  "precision": ("fp32", "bf16", "auto")}
+                  "precision": ("fp32", "bf16", "auto"), "optimizer": ("adam", "sgd")}
         for field, allowed in checks.items():
             if getattr(self, field) not in allowed:
                 raise ValueError(f"{field} must be one of {', '.join(allowed)}; got {getattr(self, field)!r}")
@@ -215,7 +218,16 @@ def load_run(path) -> Run:
 
 
 def make_model(config: TrainConfig) -> torch.nn.Module:
-    return build_model(config.model, config.head, batchnorm=config.batchnorm, width=config.width)
+    return build_model(config.model, config.head, batchnorm=config.batchnorm, width=config.width,
+                       convs=config.convs)
+
+
+def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    """The report's Adam, or SGD with Nesterov momentum 0.9; ``weight_decay`` is an L2 term in both."""
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, nesterov=True,
+                               weight_decay=config.weight_decay)
+    return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
 
 
 def make_schedule(config: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: int):
@@ -255,16 +267,19 @@ def _check_config(path: Path, config: TrainConfig) -> None:
 
 
 def _epoch_line(row: dict, split: str, total: int) -> str:
+    loss, acc = row[f"{split}_loss"], row[f"{split}_acc"]
+    evaluated = (f"{split} loss {loss:.4f} acc {acc:6.2%}" if acc == acc   # NaN: not evaluated this epoch
+                 else f"{split} not evaluated".ljust(len(split) + 25))
     return (f"epoch {row['epoch']:>3}/{total}  train loss {row['train_loss']:.4f} acc {row['train_acc']:6.2%}  "
-            f"{split} loss {row[f'{split}_loss']:.4f} acc {row[f'{split}_acc']:6.2%}  "
-            f"{row['seconds']:6.1f} s  {row['images_per_s']:6.0f} img/s")
+            f"{evaluated}  {row['seconds']:6.1f} s  {row['images_per_s']:6.0f} img/s")
 
 
 def fit(config: TrainConfig, data: D.CIFAR10, run_name: str | None = None, results_dir="results",
-        device: str | None = None, progress: bool | None = None, verbose: bool = True) -> Run:
+        device: str | None = None, progress: bool | None = None, verbose: bool = True, replay: bool = True) -> Run:
     """Train ``config`` on ``data`` into ``results_dir/run_name``, resuming if a checkpoint is there.
 
-    A finished run of the same configuration is loaded, not retrained. ``progress``
+    A finished run of the same configuration is loaded, not retrained (``replay``: print its epochs
+    again, else one line). ``progress``
     shows a per-batch bar that disappears at the end of each epoch (default: on
     unless TQDM_DISABLE is set).
     """
@@ -279,7 +294,7 @@ def fit(config: TrainConfig, data: D.CIFAR10, run_name: str | None = None, resul
         run = load_run(path)
         if verbose:
             print(f"{path.name}: finished run found in {path}; loading it instead of training again.")
-            for row in run.history.to_dict("records"):
+            for row in run.history.to_dict("records")[(0 if replay else -1):]:
                 print(_epoch_line(row, split, config.epochs))
         return run
     path.mkdir(parents=True, exist_ok=True)
@@ -296,7 +311,7 @@ def fit(config: TrainConfig, data: D.CIFAR10, run_name: str | None = None, resul
     model = make_model(config).to(dev)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    opt = make_optimizer(config, model)
     n_batches = -(-len(y_train) // config.batch_size)
     schedule = make_schedule(config, opt, n_batches)
     history: list[dict] = []
@@ -345,7 +360,10 @@ def fit(config: TrainConfig, data: D.CIFAR10, run_name: str | None = None, resul
             loss_sum += loss.detach() * len(yb)
             correct += (logits.argmax(1) == yb).sum()
         train_seconds = time.perf_counter() - start
-        ev = evaluate(model, x_test, y_test, precision=config.precision, tta_flip=config.tta_flip)
+        if config.eval_each_epoch or epoch == config.epochs:
+            ev = evaluate(model, x_test, y_test, precision=config.precision, tta_flip=config.tta_flip)
+        else:
+            ev = {"loss": float("nan"), "accuracy": float("nan")}
         seconds = time.perf_counter() - start
         row = {"epoch": epoch, "train_loss": loss_sum.item() / len(y_train),
                "train_acc": correct.item() / len(y_train),

@@ -1,10 +1,12 @@
 """Every notebook runs top to bottom on a tiny budget, as `make quick` and `make report` run them."""
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 import helpers as H
@@ -12,12 +14,13 @@ from conftest import REPO, real_root, requires_real_data
 
 FIGURES = ["class_balance", "examples_per_class", "pixel_histograms", "parameters_per_layer", "overfit_one_batch",
            "curves_fc", "curves_avgpool", "curves_avgpool_dropout", "test_accuracy", "test_loss", "train_vs_test",
-           "confusion_matrices", "per_class_accuracy", "misclassified"]
+           "confusion_matrices", "per_class_accuracy", "misclassified", "author_head", "seeds", "ladder", "ladder_curves"]
 
 
 def run_notebooks(out: Path, root: Path, extra: list[str], only=()):
     params = {"epochs": "1", "data_root": str(root), "results_dir": str(out / "results"),
-              "figures_dir": str(out / "figures"), "sanity_steps": "5"}
+              "figures_dir": str(out / "figures"), "sanity_steps": "5",
+              "seed_epochs": "1", "ladder_epochs": "1", "final_epochs": "1", "validation": "100"}
     cmd = [sys.executable, str(REPO / "scripts" / "run_notebooks.py"), "--output", str(out / "notebooks")]
     for k, v in params.items():
         cmd += ["-p", k, v]
@@ -31,6 +34,14 @@ def check_outputs(out: Path):
     for model in H.VARIANTS:
         run = out / "results" / model
         assert {"config.json", "history.csv", "metrics.json", "model.pt"} <= {p.name for p in run.iterdir()}
+    assert (out / "results" / "avgpool_author_head" / "model.pt").exists()
+    assert (out / "results" / "seeds" / "avgpool_dropout_seed2_1ep" / "metrics.json").exists()
+    ladder = pd.read_csv(out / "results" / "studies" / "ladder.csv")
+    assert len(pd.read_csv(out / "results" / "studies" / "seeds.csv")) == 3
+    assert len(pd.read_csv(out / "results" / "studies" / "heads.csv")) == 4
+    assert len(ladder) == len(H.studies.default_ladder()) and ladder["val acc"].between(0, 100).all()
+    final = json.loads((out / "results" / "studies" / "final.json").read_text())
+    assert 0 <= final["test_acc"] <= 1 and final["epochs"] == 1
     made = {p.name for p in (out / "figures").iterdir()}
     assert {f"{name}.{ext}" for name in FIGURES for ext in ("png", "pdf")} <= made
     for nb in (out / "notebooks").glob("*.ipynb"):
@@ -44,7 +55,7 @@ def check_outputs(out: Path):
 @pytest.mark.slow
 def test_every_notebook_runs_on_generated_data(fake_root, tmp_path):
     log = run_notebooks(tmp_path, fake_root, [])
-    assert log.count("done in") == 6
+    assert log.count("done in") == 8
     check_outputs(tmp_path)
     # the analysis notebook runs on its own from saved results, training nothing
     for f in (tmp_path / "figures").iterdir():
@@ -53,6 +64,13 @@ def test_every_notebook_runs_on_generated_data(fake_root, tmp_path):
     run_notebooks(tmp_path, fake_root, [], only=["06"])
     assert (tmp_path / "figures" / "test_accuracy.png").exists()
     assert before == {p: p.stat().st_mtime for p in (tmp_path / "results").rglob("*")}
+    # the README's follow-up section is written from what notebooks 07 and 08 saved
+    spec = importlib.util.spec_from_file_location("update_readme", REPO / "scripts" / "update_readme.py")
+    update_readme = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(update_readme)
+    text = update_readme.follow_up(tmp_path / "results")
+    for part in ("The final model", "Ablation ladder", "Seed study", "256-logit head", "figures/ladder.png"):
+        assert part in text
 
 
 @pytest.mark.slow

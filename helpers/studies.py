@@ -1,0 +1,390 @@
+"""The follow-up studies: several runs per question, each summarised as a table, checks and prose.
+
+* ``seed_study``: every variant with several seeds on a shorter schedule (notebook 07).
+* ``head_table``: the author's 256-logit head beside the 10-way head (notebook 07).
+* ``run_ladder``: from model 3, one change at a time, measured on a validation split (notebook 08).
+
+Like ``results``, every number these functions put in a sentence is read from finished runs.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from . import data as D
+from .evaluation import evaluate, predict
+from .models import VARIANTS
+from .training import Run, TrainConfig, fit, load_run, save_json
+
+# ---------------------------------------------------------------- seeds
+
+def save_table(table: pd.DataFrame, name: str, results_dir="results") -> Path:
+    """Write a study's table to ``results_dir/studies/<name>.csv`` (atomically), for the README and readers."""
+    folder = D.project_path(results_dir) / "studies"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.csv"
+    tmp = path.with_name(path.name + ".tmp")
+    table.to_csv(tmp, index=table.index.name is not None or not isinstance(table.index, pd.RangeIndex))
+    tmp.replace(path)
+    return path
+
+
+
+def history_prefix(longer: Run, config: TrainConfig) -> pd.DataFrame | None:
+    """The first ``config.epochs`` epochs of ``longer`` when they *are* a run of ``config``, else None.
+
+    That holds when the two configurations differ only in the number of epochs, the learning rate is
+    constant and the model is evaluated every epoch: then nothing in the first N epochs depends on the
+    total, and a shorter run repeats them bit for bit (tests/test_studies.py checks this).
+    """
+    a, b = dataclasses.asdict(longer.config), dataclasses.asdict(config)
+    same = all(a[k] == b[k] for k in a if k != "epochs")
+    if not same or config.schedule != "constant" or not config.eval_each_epoch or len(longer.history) < config.epochs:
+        return None
+    return longer.history.iloc[:config.epochs].reset_index(drop=True)
+
+
+def seed_study(data: D.CIFAR10, seeds, epochs: int, results_dir="results", reuse_from="results",
+               device=None, **options) -> tuple[dict, pd.DataFrame]:
+    """Train every variant with each seed for ``epochs`` epochs (report protocol otherwise).
+
+    A run already in ``reuse_from/<variant>`` (the report's 100-epoch runs) stands in for its seed when
+    ``history_prefix`` says its first epochs are exactly the shorter run. Returns
+    ``{(variant, seed): history}`` and a table saying where each history came from.
+    """
+    histories, sources = {}, []
+    for variant in VARIANTS:
+        for seed in seeds:
+            config = TrainConfig(model=variant, seed=seed, epochs=epochs, **options)
+            config = dataclasses.replace(config, precision=_resolved(config.precision, device))
+            longer = Path(reuse_from) / config.default_name()
+            hist = None
+            if (longer / "metrics.json").exists():
+                hist = history_prefix(load_run(longer), config)
+            if hist is not None:
+                source = f"first {epochs} epochs of {longer}"
+            else:
+                run = fit(config, data, run_name=f"seeds/{config.default_name()}_{epochs}ep",
+                          results_dir=results_dir, device=device, verbose=False)
+                hist, source = run.history, str(run.path)
+            histories[variant, seed] = hist
+            sources.append({"model": VARIANTS[variant], "seed": seed, "history from": source})
+            print(f"{variant} seed {seed}: best test accuracy {hist['test_acc'].max():.2%}, "
+                  f"final {hist['test_acc'].iloc[-1]:.2%} ({source})", flush=True)
+    return histories, pd.DataFrame(sources)
+
+
+def _resolved(precision: str, device) -> str:
+    from .training import pick_device, resolve_precision
+    return resolve_precision(precision, pick_device(device))
+
+
+def _overfits(h: pd.DataFrame) -> bool:
+    """The rule of ``results.findings``: lowest test loss in the first quarter, then at least 10% higher."""
+    loss = h["test_loss"]
+    low_ep = int(h.loc[loss.idxmin(), "epoch"])
+    return low_ep <= max(2, len(h) // 4) and loss.iloc[-1] - loss.min() > 0.1 * loss.min()
+
+
+def seed_table(histories: dict) -> pd.DataFrame:
+    """Per variant: mean, standard deviation and range over seeds of best and final test accuracy (%),
+    and the epochs of the lowest test loss."""
+    rows = {}
+    for variant in VARIANTS:
+        hs = [h for (v, _), h in histories.items() if v == variant]
+        if not hs:
+            continue
+        best = pd.Series([h["test_acc"].max() * 100 for h in hs])
+        final = pd.Series([h["test_acc"].iloc[-1] * 100 for h in hs])
+        rows[VARIANTS[variant]] = {
+            "seeds": len(hs), "best mean": best.mean(), "best sd": best.std(ddof=1) if len(hs) > 1 else math.nan,
+            "best min": best.min(), "best max": best.max(), "final mean": final.mean(),
+            "final sd": final.std(ddof=1) if len(hs) > 1 else math.nan,
+            "lowest loss epochs": ", ".join(str(int(h.loc[h["test_loss"].idxmin(), "epoch"])) for h in hs),
+            "final/lowest loss": pd.Series([h["test_loss"].iloc[-1] / h["test_loss"].min() for h in hs]).mean()}
+    return pd.DataFrame(rows).T
+
+
+def seed_checks(histories: dict) -> list[dict]:
+    """The report's conclusions, each checked seed by seed: {claim, seeds, held, evidence}."""
+    seeds = sorted({s for (_, s) in histories})
+    if any((v, s) not in histories for v in VARIANTS for s in seeds):
+        return []
+    per_seed = {s: {v: histories[v, s] for v in VARIANTS} for s in seeds}
+    best = {s: {v: h["test_acc"].max() * 100 for v, h in hs.items()} for s, hs in per_seed.items()}
+    final_loss = {s: {v: h["test_loss"].iloc[-1] for v, h in hs.items()} for s, hs in per_seed.items()}
+    checks = [
+        ("Best accuracy ranks FC < average pooling < average pooling + dropout",
+         {s: b["fc"] < b["avgpool"] < b["avgpool_dropout"] for s, b in best.items()},
+         {s: " < ".join(f"{b[v]:.1f}" for v in VARIANTS) for s, b in best.items()}),
+        ("The FC model overfits (test loss lowest early, then up by more than 10%)",
+         {s: _overfits(hs["fc"]) for s, hs in per_seed.items()},
+         {s: _loss_story(hs["fc"]) for s, hs in per_seed.items()}),
+        ("The average-pooling model overfits the same way",
+         {s: _overfits(hs["avgpool"]) for s, hs in per_seed.items()},
+         {s: _loss_story(hs["avgpool"]) for s, hs in per_seed.items()}),
+        ("Dropout ends with the lowest test loss of the three",
+         {s: min(fl, key=fl.get) == "avgpool_dropout" for s, fl in final_loss.items()},
+         {s: " / ".join(f"{fl[v]:.2f}" for v in VARIANTS) for s, fl in final_loss.items()}),
+    ]
+    return [{"claim": claim, "seeds": len(seeds), "held": sum(holds.values()),
+             "evidence": "; ".join(f"seed {s}: {ev[s]}" for s in seeds)} for claim, holds, ev in checks]
+
+
+def _loss_story(h: pd.DataFrame) -> str:
+    loss = h["test_loss"]
+    return f"lowest {loss.min():.2f} at epoch {int(h.loc[loss.idxmin(), 'epoch'])}, final {loss.iloc[-1]:.2f}"
+
+
+def seed_checks_markdown(checks: list[dict]) -> str:
+    if not checks:
+        return "_The checks need every variant trained with every seed._"
+    lines = [f"- **{c['claim']}**: holds in {c['held']} of {c['seeds']} seeds ({c['evidence']})." for c in checks]
+    solid = [c for c in checks if c["held"] == c["seeds"]]
+    return "\n".join(lines) + (f"\n\n{len(solid)} of these {len(checks)} conclusions hold in every seed.")
+
+
+def seed_spread(table: pd.DataFrame) -> str:
+    """How the seed-to-seed spread compares with the gaps between the models, in one paragraph."""
+    if len(table) < 2:
+        return ""
+    spread = table["best max"] - table["best min"]
+    order = table["best mean"].sort_values()
+    gaps = ", ".join(f"{order.index[i + 1]} over {order.index[i]} {order.iloc[i + 1] - order.iloc[i]:+.1f}"
+                     for i in range(len(order) - 1))
+    return (f"Over {int(table['seeds'].min())} seeds the best test accuracy of one model ranges over at most "
+            f"{spread.max():.1f} points ({spread.idxmax()}) and its standard deviation is at most "
+            f"{table['best sd'].max():.2f} points. The mean gaps between the models are: {gaps} points.")
+
+
+# ---------------------------------------------------------------- the author's head
+
+def unused_logit_share(run: Run, images: torch.Tensor) -> dict:
+    """For a 256-logit model: the softmax mass it puts on the 246 outputs that are never a class, and how
+    often its arg-max falls there."""
+    probs = predict(run.model, images, precision=run.config.precision).softmax(1)
+    return {"mass on unused outputs %": 100 * probs[:, 10:].sum(1).mean().item(),
+            "predictions outside 0-9 %": 100 * (probs.argmax(1) >= 10).float().mean().item()}
+
+
+def head_table(pairs: dict[str, dict[str, Run]], test_images: torch.Tensor | None = None) -> pd.DataFrame:
+    """``pairs[model][head] = run`` as one row per run: accuracy (%), loss story, overfitting gap."""
+    rows = []
+    for model, runs in pairs.items():
+        for head, run in runs.items():
+            h = run.history
+            row = {"model": VARIANTS[model], "head": head, "parameters": run.metrics["parameters"],
+                   "best acc": h["test_acc"].max() * 100, "best epoch": int(h.loc[h["test_acc"].idxmax(), "epoch"]),
+                   "final acc": h["test_acc"].iloc[-1] * 100,
+                   "lowest loss epoch": int(h.loc[h["test_loss"].idxmin(), "epoch"]),
+                   "final loss": h["test_loss"].iloc[-1],
+                   "train - test acc at end": (h["train_acc"].iloc[-1] - h["test_acc"].iloc[-1]) * 100}
+            if test_images is not None and run.config.head == "author":
+                row.update(unused_logit_share(run, test_images))
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def head_findings(table: pd.DataFrame) -> str:
+    """One sentence per model: what the author's head costs or gains against the 10-way head."""
+    out = []
+    for model, rows in table.groupby("model", sort=False):
+        if set(rows["head"]) != {"10-way", "author"}:
+            continue
+        ten, auth = rows.set_index("head").loc["10-way"], rows.set_index("head").loc["author"]
+        d_best, d_final = auth["best acc"] - ten["best acc"], auth["final acc"] - ten["final acc"]
+        text = (f"**{model}**: the author's 256-logit head reaches a best test accuracy of {auth['best acc']:.1f}% "
+                f"against {ten['best acc']:.1f}% with the 10-way head ({d_best:+.1f} points; final "
+                f"{auth['final acc']:.1f}% against {ten['final acc']:.1f}%, {d_final:+.1f}). Its test loss is lowest at "
+                f"epoch {auth['lowest loss epoch']} (10-way: {ten['lowest loss epoch']}), and at the end it fits its "
+                f"training images {auth['train - test acc at end']:.1f} points better than the test images "
+                f"(10-way: {ten['train - test acc at end']:.1f}).")
+        if "mass on unused outputs %" in auth and auth["mass on unused outputs %"] == auth["mass on unused outputs %"]:
+            text += (f" It puts {auth['mass on unused outputs %']:.3f}% of its softmax mass on the 246 outputs that "
+                     f"are no class, and {auth['predictions outside 0-9 %']:.2f}% of its predictions land there.")
+        out.append(text)
+    return "\n\n".join(out) or "_The comparison needs both heads of at least one model._"
+
+
+# ---------------------------------------------------------------- the ablation ladder
+
+EVAL_ONLY = {"tta_flip"}    # options that change only how a trained model is evaluated
+
+
+@dataclass(frozen=True)
+class Step:
+    """One rung: ``changes`` applied to the configuration of step ``base`` (None: ``Ladder.start``)."""
+    name: str
+    label: str
+    changes: dict = field(default_factory=dict)
+    base: str | None = None
+    branch: bool = False    # a side test of the author's hypothesis, not carried further up the ladder
+
+
+def default_ladder() -> list[Step]:
+    """From model 3 one change at a time; the branches test 'fewer parameters' and a redesign."""
+    return [
+        Step("model3", "model 3 as in the report"),
+        Step("batchnorm", "+ batch normalisation", {"batchnorm": True}, "model3"),
+        Step("augment", "+ random crop and flip", {"augment": "flip_crop"}, "batchnorm"),
+        Step("onecycle", "+ one-cycle learning rate", {"schedule": "onecycle"}, "augment"),
+        Step("smoothing", "+ label smoothing 0.1", {"label_smoothing": 0.1}, "onecycle"),
+        Step("tta", "+ test-time flip", {"tta_flip": True}, "smoothing"),
+        Step("narrow", "half the channels", {"width": 0.5}, "tta", branch=True),
+        Step("shallow", "without conv6 and conv7", {"convs": 5}, "tta", branch=True),
+        Step("no_dropout", "without dropout", {"model": "avgpool"}, "tta", branch=True),
+        Step("compact", "compact network instead", {"model": "compact"}, "tta", branch=True),
+    ]
+
+
+def ladder_configs(steps: list[Step], start: TrainConfig) -> dict[str, TrainConfig]:
+    configs: dict[str, TrainConfig] = {}
+    for step in steps:
+        if step.base is not None and step.base not in configs:
+            raise ValueError(f"step {step.name!r} builds on {step.base!r}, which is not an earlier step")
+        base = configs[step.base] if step.base else start
+        configs[step.name] = dataclasses.replace(base, **step.changes)
+    return configs
+
+
+def run_ladder(steps: list[Step], start: TrainConfig, data: D.CIFAR10, results_dir="results",
+               device=None) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    """Train every step (or load it) into ``results_dir/ladder/<step>`` and tabulate them.
+
+    A step that changes only evaluation options (test-time flip) re-evaluates its base's weights instead
+    of training them again. Returns the table (also written to ``ladder/summary.csv``) and the histories.
+    """
+    if not start.validation:
+        raise ValueError("the ladder chooses between models: give the start configuration a validation split")
+    configs = ladder_configs(steps, start)
+    rows, histories, runs = [], {}, {}
+    for step in steps:
+        config = configs[step.name]
+        eval_only = step.base is not None and set(step.changes) <= EVAL_ONLY
+        if eval_only:
+            base = runs[step.base]
+            _, val = _splits_for(config, data)
+            x, y = D.to_device(val, torch.device("cpu"))
+            ev = evaluate(base.model, x, y, precision=base.config.precision, tta_flip=config.tta_flip)
+            hist = base.history.copy()
+            final_acc, final_loss, minutes = ev["accuracy"], ev["loss"], base.history["seconds"].sum() / 60
+            run = base
+        else:
+            run = fit(config, data, run_name=f"ladder/{step.name}", results_dir=results_dir, device=device,
+                      verbose=False)
+            hist = run.history
+            final_acc, final_loss = hist["val_acc"].iloc[-1], hist["val_loss"].iloc[-1]
+            minutes = hist["seconds"].sum() / 60
+        runs[step.name], histories[step.name] = run, hist
+        rows.append({"step": step.name, "change": step.label, "branch": step.branch, "builds on": step.base or "",
+                     "val acc": 100 * final_acc, "val loss": final_loss, "parameters": run.metrics["parameters"],
+                     "minutes": minutes, "s/epoch": float(hist["seconds"].median()), "epochs": len(hist),
+                     "train images": run.metrics["train_images"], "eval only": eval_only})
+        print(f"{step.name:>11}: val accuracy {final_acc:.2%} after {len(hist)} epochs, "
+              f"{run.metrics['parameters']:,} parameters, "
+              f"{minutes:.1f} min{' (evaluation only)' if eval_only else ''}", flush=True)
+    table = pd.DataFrame(rows)
+    base_acc = table.set_index("step")["val acc"]
+    table["gain"] = [row["val acc"] - base_acc[row["builds on"]] if row["builds on"] else math.nan
+                     for row in rows]
+    save_table(table, "ladder", results_dir)
+    return table, histories
+
+
+def _splits_for(config: TrainConfig, data: D.CIFAR10):
+    from .training import splits
+    return splits(config, data)
+
+
+def ladder_findings(table: pd.DataFrame) -> str:
+    """The ladder in words: what each change gained, the side branches, and the verdict on the hypothesis."""
+    main = _main_steps(table)
+    lines = [f"- {r['change']}: {r['gain']:+.1f} points (to {r['val acc']:.1f}%)" for _, r in main.iterrows()]
+    text = "\n".join(lines)
+    if len(main):
+        top = main.loc[main["gain"].idxmax()]
+        text += (f"\n\nThe largest single gain on the ladder comes from **{top['change'].lstrip('+ ')}** "
+                 f"({top['gain']:+.1f} points).")
+    rows = table.set_index("step")
+    branch_lines = []
+    for _, r in table[table["branch"]].iterrows():
+        base = rows.loc[r["builds on"]]
+        params = 100 * (r["parameters"] / base["parameters"] - 1)
+        minutes = 100 * (r["minutes"] / base["minutes"] - 1) if base["minutes"] else math.nan
+        branch_lines.append(f"- {r['change']} ({params:+.0f}% parameters, {minutes:+.0f}% training time): "
+                            f"{r['gain']:+.1f} points (to {r['val acc']:.1f}%)")
+    if branch_lines:
+        text += "\n\nSide branches from the last ladder step:\n" + "\n".join(branch_lines)
+    verdict = hypothesis_verdict(table)
+    return text + (f"\n\n{verdict}" if verdict else "")
+
+
+def _main_steps(table: pd.DataFrame) -> pd.DataFrame:
+    return table[(~table["branch"].astype(bool)) & table["builds on"].fillna("").astype(bool)]
+
+
+def hypothesis_verdict(table: pd.DataFrame) -> str:
+    """Does cutting parameters (the branches with fewer parameters than their base) raise accuracy?"""
+    rows = table.set_index("step")
+    cuts = [r for _, r in table[table["branch"].astype(bool)].iterrows()
+            if r["parameters"] < rows.loc[r["builds on"], "parameters"]]
+    if not cuts:
+        return ""
+    best = max(cuts, key=lambda r: r["gain"])
+    # one standard error of an accuracy near 85% on 5,000 images is about half a point
+    verdict = "raises" if best["gain"] > 0.5 else "lowers" if best["gain"] < -0.5 else "barely changes"
+    return (f"**The author's hypothesis.** Cutting parameters {verdict} validation accuracy here: the best of "
+            f"the parameter cuts ({best['change']}) changes it by {best['gain']:+.1f} points, while the ladder's "
+            f"changes to training together added {_main_steps(table)['gain'].sum():+.1f} points.")
+
+
+def choose_final(table: pd.DataFrame, configs: dict[str, TrainConfig], epochs: int, budget_minutes: float,
+                 train_images: int, **overrides) -> tuple[str, TrainConfig, str]:
+    """The most accurate step on validation whose training, scaled to ``epochs`` epochs on
+    ``train_images`` images, fits the budget; its configuration for the final run (all training images,
+    the test set read once, after the last epoch; ``overrides`` such as a quick run's test_subset) and
+    the reason in words."""
+    t = table.copy()
+    t["projected minutes"] = t["s/epoch"] * epochs / 60 * train_images / t["train images"]
+    fits = t[t["projected minutes"] <= budget_minutes]
+    if fits.empty:
+        raise ValueError(f"no step fits {budget_minutes} minutes at {epochs} epochs; lower final_epochs")
+    pick = fits.loc[fits["val acc"].idxmax()]
+    config = dataclasses.replace(configs[pick["step"]], validation=0, epochs=epochs, eval_each_epoch=False,
+                                 **overrides)
+    reason = (f"Step **{pick['step']}** ({pick['change']}) has the highest validation accuracy, "
+              f"{pick['val acc']:.2f}%, among the steps whose training is projected to fit {budget_minutes:g} "
+              f"minutes at {epochs} epochs on {train_images:,} images (projected {pick['projected minutes']:.1f} "
+              f"min from its median epoch time).")
+    return pick["step"], config, reason
+
+
+def save_final(run: Run, step: str, reason: str, results_dir="results") -> dict:
+    """What the final model did, beside its run: step, reason, test accuracy, minutes."""
+    info = {"step": step, "reason": reason, "test_acc": run.metrics["final_test_acc"],
+            "test_loss": float(run.history["test_loss"].iloc[-1]), "minutes": run.metrics["train_seconds"] / 60,
+            "parameters": run.metrics["parameters"], "epochs": run.config.epochs, "data": run.metrics["data"],
+            "official_data": run.metrics["official_data"]}
+    folder = D.project_path(results_dir) / "studies"
+    folder.mkdir(parents=True, exist_ok=True)
+    save_json(info, folder / "final.json")
+    return info
+
+
+def final_summary(info: dict, budget_minutes: float, goal: float = 90.0) -> str:
+    """The answer in one paragraph: the final model's test accuracy and time against the goal."""
+    acc, minutes = 100 * info["test_acc"], info["minutes"]
+    met = acc >= goal and minutes <= budget_minutes
+    data = ("the official CIFAR-10 test set" if info["official_data"] else
+            "a copy of CIFAR-10 that is not the official archive (on the project's machines the offline JPEG "
+            "re-encoding, which costs about 2 points)")
+    return (f"The final model (step **{info['step']}**, {info['parameters']:,} parameters, {info['epochs']} epochs) "
+            f"reaches **{acc:.2f}%** test accuracy on {data} after {minutes:.1f} minutes of training. "
+            + (f"That meets the goal of {goal:g}% within {budget_minutes:g} minutes." if met else
+               f"That does not meet the goal of {goal:g}% within {budget_minutes:g} minutes "
+               f"({'accuracy' if acc < goal else 'time'} falls short)."))

@@ -1,0 +1,124 @@
+"""The follow-up studies: seed prefixes, seed checks, the ladder and the choice of the final model."""
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+import helpers as H
+from helpers import studies as S
+
+METRICS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc"]
+TINY = dict(train_subset=200, test_subset=100)
+
+
+def _fit(data, tmp_path, name, **kw):
+    return H.fit(H.TrainConfig(**{**TINY, **kw}), data, run_name=name, results_dir=tmp_path, progress=False,
+                 verbose=False)
+
+
+def test_a_short_run_is_the_prefix_of_a_long_one(fake_data, tmp_path):
+    long = _fit(fake_data, tmp_path, "long", model="avgpool_dropout", epochs=3)
+    short = _fit(fake_data, tmp_path, "short", model="avgpool_dropout", epochs=2)
+    prefix = S.history_prefix(long, short.config)
+    pd.testing.assert_frame_equal(prefix[METRICS], short.history[METRICS])
+    # anything but the number of epochs, or a schedule that depends on the total, rules the prefix out
+    assert S.history_prefix(long, H.TrainConfig(model="avgpool_dropout", epochs=2, seed=1, **TINY)) is None
+    scheduled = _fit(fake_data, tmp_path, "sched", model="avgpool", epochs=3, schedule="cosine")
+    assert S.history_prefix(scheduled, H.TrainConfig(model="avgpool", epochs=2, schedule="cosine", **TINY)) is None
+    assert S.history_prefix(long, H.TrainConfig(model="avgpool_dropout", epochs=4, **TINY)) is None
+
+
+def _history(acc, loss):
+    return pd.DataFrame({"epoch": range(1, len(acc) + 1), "train_acc": [0.9] * len(acc), "test_acc": acc,
+                         "test_loss": loss})
+
+
+def test_seed_checks_count_the_seeds_where_a_conclusion_holds():
+    rising = [1.0, 0.8, 0.9, 1.0, 1.2, 1.4, 1.5, 1.6]
+    falling = [1.0, 0.9, 0.8, 0.75, 0.7, 0.68, 0.66, 0.65]
+    histories = {}
+    for seed, order in enumerate([(0.70, 0.72, 0.75), (0.70, 0.72, 0.75), (0.73, 0.72, 0.75)]):
+        for variant, best in zip(H.VARIANTS, order):
+            loss = falling if variant == "avgpool_dropout" else rising
+            histories[variant, seed] = _history([best - 0.05] * 7 + [best], loss)
+    checks = {c["claim"].split(" ")[0] + c["claim"].split(" ")[1]: c for c in S.seed_checks(histories)}
+    assert checks["Bestaccuracy"]["held"] == 2 and checks["Bestaccuracy"]["seeds"] == 3
+    assert checks["TheFC"]["held"] == 3 and checks["Dropoutends"]["held"] == 3
+    table = S.seed_table(histories)
+    assert table.loc["Fully connected head", "best mean"] == pytest.approx(71.0)
+    assert table.loc["Fully connected head", "best sd"] == pytest.approx(pd.Series([70, 70, 73.0]).std())
+    assert table.loc["Average pooling + dropout", "lowest loss epochs"] == "8, 8, 8"
+    assert "holds in 2 of 3 seeds" in S.seed_checks_markdown(S.seed_checks(histories))
+    del histories["fc", 2]
+    assert S.seed_checks(histories) == []
+
+
+def test_the_seed_study_reuses_a_longer_run_and_trains_the_rest(fake_data, tmp_path):
+    for variant in H.VARIANTS:
+        _fit(fake_data, tmp_path / "report", variant, model=variant, epochs=2)
+    histories, sources = S.seed_study(fake_data, seeds=[0, 1], epochs=1, results_dir=tmp_path / "study",
+                                      reuse_from=tmp_path / "report", **TINY)
+    assert len(histories) == 6 and all(len(h) == 1 for h in histories.values())
+    reused = sources["history from"].str.startswith("first 1 epochs of")
+    assert reused.tolist() == [True, False] * 3
+    assert (tmp_path / "study" / "seeds" / "fc_seed1_1ep" / "metrics.json").exists()
+    assert not (tmp_path / "study" / "seeds" / "fc_1ep").exists()
+
+
+def test_ladder_steps_accumulate_and_branches_do_not():
+    configs = S.ladder_configs(S.default_ladder(), H.TrainConfig(model="avgpool_dropout", validation=5000))
+    assert configs["model3"] == H.TrainConfig(model="avgpool_dropout", validation=5000)
+    tta = configs["tta"]
+    assert tta.batchnorm and tta.augment == "flip_crop" and tta.schedule == "onecycle" and tta.tta_flip
+    assert configs["narrow"].width == 0.5 and configs["narrow"].label_smoothing == 0.1
+    assert configs["compact"].model == "compact" and configs["shallow"].width == 1.0
+    with pytest.raises(ValueError, match="not an earlier step"):
+        S.ladder_configs([S.Step("a", "a", {}, "b")], H.TrainConfig())
+
+
+def test_the_ladder_runs_tabulates_and_reuses_weights_for_evaluation_only_steps(fake_data, tmp_path):
+    steps = [S.Step("base", "model 3"), S.Step("bn", "+ BN", {"batchnorm": True}, "base"),
+             S.Step("tta", "+ flip", {"tta_flip": True}, "bn"),
+             S.Step("small", "narrow", {"width": 0.25}, "tta", branch=True)]
+    start = H.TrainConfig(model="avgpool_dropout", epochs=1, validation=100, train_subset=200)
+    with pytest.raises(ValueError, match="validation split"):
+        S.run_ladder(steps, H.TrainConfig(), fake_data, results_dir=tmp_path)
+    table, histories = S.run_ladder(steps, start, fake_data, results_dir=tmp_path)
+    saved = pd.read_csv(tmp_path / "studies" / "ladder.csv")
+    assert saved["step"].tolist() == ["base", "bn", "tta", "small"]
+    assert not (tmp_path / "ladder" / "tta").exists()            # evaluated, not trained again
+    rows = table.set_index("step")
+    assert rows.loc["tta", "minutes"] == rows.loc["bn", "minutes"] and rows.loc["tta", "eval only"]
+    assert rows.loc["bn", "gain"] == pytest.approx(rows.loc["bn", "val acc"] - rows.loc["base", "val acc"])
+    assert math.isnan(rows.loc["base", "gain"]) and rows.loc["small", "parameters"] < rows.loc["bn", "parameters"]
+    assert rows.loc["base", "train images"] == 200 and "val_acc" in histories["bn"]
+
+    configs = S.ladder_configs(steps, start)
+    table = table.assign(**{"val acc": [50.0, 60.0, 70.0, 80.0], "s/epoch": [10.0, 10.0, 10.0, 100.0]})
+    step, config, reason = S.choose_final(table, configs, epochs=3, budget_minutes=1.0, train_images=200)
+    assert step == "tta" and config.tta_flip and config.validation == 0 and config.epochs == 3
+    assert not config.eval_each_epoch and "70.00%" in reason
+    with pytest.raises(ValueError, match="no step fits"):
+        S.choose_final(table, configs, epochs=30, budget_minutes=1.0, train_images=200)
+
+
+def test_a_final_run_reads_its_evaluation_set_once(fake_data, tmp_path):
+    run = _fit(fake_data, tmp_path, "final", model="compact", width=0.25, epochs=2, eval_each_epoch=False,
+               optimizer="sgd", lr=0.05, batch_size=32)
+    assert run.history["test_acc"].isna().tolist() == [True, False]
+    assert run.metrics["final_test_acc"] == run.metrics["best_test_acc"] == run.history["test_acc"].iloc[-1]
+    info = S.save_final(run, "compact", "why", results_dir=tmp_path)
+    assert info["test_acc"] == run.metrics["final_test_acc"]
+    assert (tmp_path / "studies" / "final.json").exists()
+
+
+def test_the_authors_head_puts_mass_on_outputs_that_are_no_class(fake_data, tmp_path):
+    run = _fit(fake_data, tmp_path, "author", model="avgpool", head="author", epochs=1)
+    share = S.unused_logit_share(run, H.normalize(fake_data.test.images[:50]))
+    assert 0 <= share["mass on unused outputs %"] < 100 and 0 <= share["predictions outside 0-9 %"] <= 100
+    ten = _fit(fake_data, tmp_path, "ten", model="avgpool", epochs=1)
+    table = S.head_table({"avgpool": {"10-way": ten, "author": run}}, H.normalize(fake_data.test.images[:50]))
+    assert table["parameters"].tolist() == [1_132_842, 1_130_272]
+    assert "256-logit head reaches" in S.head_findings(table)
+    assert torch.isfinite(torch.tensor(table["final loss"].tolist())).all()
