@@ -1,5 +1,6 @@
 # make test    - create .venv if needed, then run the test suite (offline, no CIFAR-10 needed)
-# make report  - get the data and execute every notebook in order, in place (full protocol)
+# make report  - get the data and execute every notebook in order, in place (full protocol);
+#                ONLY="01 06" limits it to some notebooks, RESULTS=dir trains into another folder
 # make quick   - a short CPU version (subset, few epochs) into build/quick, results-quick, figures-quick
 # make html    - export the executed notebooks to HTML in build/html
 # make bench   - training-speed benchmark (benchmarks/README.md)
@@ -8,6 +9,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 RESULTS ?= results
+ONLY ?=
 QUICK_PARAMS := -p epochs 3 -p train_subset 5000 -p test_subset 1000 -p results_dir results-quick -p figures_dir figures-quick \
 	-p seed_epochs 2 -p ladder_epochs 2 -p final_epochs 2
 
@@ -29,7 +31,7 @@ data: $(STAMP)
 	$(PY) -c "import helpers; d = helpers.load_cifar10(); print(d.source)"
 
 report: data
-	TQDM_DISABLE=1 $(PY) scripts/run_notebooks.py --in-place -p results_dir $(RESULTS)
+	TQDM_DISABLE=1 $(PY) scripts/run_notebooks.py --in-place -p results_dir $(RESULTS) $(if $(ONLY),--only $(ONLY))
 	$(PY) scripts/update_readme.py --results $(RESULTS)
 
 quick: data

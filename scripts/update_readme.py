@@ -68,12 +68,15 @@ def main(argv=None):
     parts = []
     if len(runs) == len(H.VARIANTS):
         table = H.results.summary_table(runs).reset_index(names="model")
+        table["threads"] = [run.metrics["environment"]["threads"] for run in runs.values()]
         keep = ["model", "best", "best epoch", "final", "lowest loss epoch", "author best", "author best epoch",
-                "author final", "author lowest loss epoch", "minutes"]
-        env = next(iter(runs.values())).metrics["environment"]
+                "author final", "author lowest loss epoch", "minutes", "median s/epoch", "threads"]
+        first = next(iter(runs.values()))
         parts += [f"Test accuracy in percent, one seeded run per model with the report's protocol "
-                  f"({next(iter(runs.values())).config.precision} on {env['device']}, {env['threads']} threads); "
-                  f"data: {'official archive' if runs['fc'].metrics['official_data'] else 'the offline JPEG copy'}.",
+                  f"({first.config.precision} on {first.metrics['environment']['device']}); data: "
+                  f"{'official archive' if runs['fc'].metrics['official_data'] else 'the offline JPEG copy'}. "
+                  "Minutes are wall time, including epochs slowed by other work on the machine; the median "
+                  "epoch is the undisturbed pace.",
                   "", H.results.markdown_table(table[keep]), "",
                   H.results.findings_markdown(H.results.findings(runs)), "",
                   "![Test accuracy](figures/test_accuracy.png)", "", "![Test loss](figures/test_loss.png)"]

@@ -42,3 +42,27 @@ def test_findings_need_all_three_models():
     del runs["fc"]
     assert results.findings(runs) == []
     assert "need finished runs" in results.findings_markdown([])
+
+
+def test_timing_flags_epochs_slowed_by_other_work():
+    h = pd.DataFrame({"seconds": [60.0, 58.0, 62.0, 300.0]})
+    text = results.timing(h, {"device": "cpu", "threads": 2})
+    assert "8.0 minutes of wall time" in text and "median) epoch 61.0 s" in text
+    assert "1 of 4 epochs" in text and "4.1 minutes is the time of an undisturbed run" in text
+    assert "slowed" not in results.timing(h.iloc[:3], {})
+
+
+def test_differences_name_the_gap_and_the_measured_causes(tmp_path):
+    runs = _author_like()
+    for run in runs.values():
+        run.metrics["official_data"] = False
+    text = results.differences(runs, tmp_path)
+    assert "best 77.0% (author 77.3%, -0.3 points)" in text and "JPEG re-encoding" in text
+    assert "measured in notebook 07" in text and "account for" not in text
+    (tmp_path / "studies").mkdir()
+    pd.DataFrame({"model": ["a", "b"], "seeds": [3, 3], "best min": [70.0, 75.0], "best max": [71.0, 76.5]}).to_csv(
+        tmp_path / "studies" / "seeds.csv", index=False)
+    runs["avgpool"].history["test_acc"] = 0.70     # 10 points below the author's 80.0
+    text = results.differences(runs, tmp_path)
+    assert "up to 1.5 points" in text and "up to about 3.5 points" in text
+    assert "Beyond that: Average pooling;" in text
