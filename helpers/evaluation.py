@@ -30,27 +30,37 @@ def _device_of(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def _shift(x: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Each image moved by (dy, dx) pixels, the border filled by reflection."""
+    p = max(abs(dy), abs(dx))
+    padded = F.pad(x, (p, p, p, p), mode="reflect")
+    h, w = x.shape[-2:]
+    return padded[..., p - dy:p - dy + h, p - dx:p - dx + w]
+
+
 def predict(model, images: torch.Tensor, batch_size: int = 1000, precision: str = "fp32",
-            tta_flip: bool = False) -> torch.Tensor:
+            tta_flip: bool = False, tta_shift: int = 0) -> torch.Tensor:
     """Logits (float32) for normalised ``images``, computed on the model's device.
-    ``tta_flip`` averages the logits of each image and its mirror image."""
+    ``tta_flip`` averages the logits of each image and its mirror image; ``tta_shift`` > 0 also averages
+    in copies moved by that many pixels up-left and down-right (six views with the flip)."""
     device = _device_of(model)
     outputs = []
     with eval_mode(model):
         for start in range(0, len(images), batch_size):
             xb = images[start:start + batch_size].to(device)
+            views = [xb] + ([_shift(xb, s, s) for s in (tta_shift, -tta_shift)] if tta_shift else [])
+            if tta_flip:
+                views += [v.flip(3) for v in views]
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                logits = model(xb).float()
-                if tta_flip:
-                    logits = (logits + model(xb.flip(3)).float()) / 2
+                logits = torch.stack([model(v).float() for v in views]).mean(0)
             outputs.append(logits)
     return torch.cat(outputs)
 
 
 def evaluate(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000,
-             precision: str = "fp32", tta_flip: bool = False) -> dict:
+             precision: str = "fp32", tta_flip: bool = False, tta_shift: int = 0) -> dict:
     """Mean cross-entropy per image and accuracy over the whole set."""
-    logits = predict(model, images, batch_size, precision, tta_flip)
+    logits = predict(model, images, batch_size, precision, tta_flip, tta_shift)
     labels = labels.to(logits.device)
     loss = F.cross_entropy(logits, labels, reduction="sum").item() / len(labels)
     accuracy = (logits.argmax(1) == labels).float().mean().item()

@@ -18,7 +18,7 @@ through a Linear 256->10 layer (+2,570 parameters, which brings the count to
 exactly the 1,132,842 the author reported). ``head="author"`` reproduces the
 original 256-logit output.
 
-Beyond the report (notebook 08): ``convs`` keeps only the first 5 or 6
+Beyond the report (notebook 09): ``convs`` keeps only the first 5 or 6
 convolutions of an average-pooling model, and ``compact`` is a different,
 deliberately small network (see ``build_compact``).
 """
@@ -36,7 +36,7 @@ VARIANTS = {
     "avgpool": "Average pooling",
     "avgpool_dropout": "Average pooling + dropout",
 }
-# The follow-up study's own network (notebook 08), buildable by name like the report's three.
+# The follow-up study's own network (notebook 09), buildable by name like the report's three.
 MODELS = {**VARIANTS, "compact": "Compact BN network"}
 # The report's colours: blue FC, orange average pooling, green with dropout.
 COLORS = {"fc": "tab:blue", "avgpool": "tab:orange", "avgpool_dropout": "tab:green", "compact": "tab:purple"}
@@ -139,6 +139,24 @@ def build_compact(width: float = 1.0) -> nn.Sequential:
         c_in = c
     layers += [("maxpool", nn.MaxPool2d(3)), ("flatten", nn.Flatten()), ("classifier", nn.Linear(c_in, 10))]
     return nn.Sequential(OrderedDict(layers))
+
+
+def whiten_stem(model: nn.Sequential, images: torch.Tensor, eps: float = 5e-4) -> None:
+    """Set the compact network's 2x2 stem to whiten the 2x2x3 patches of ``images`` and freeze it.
+
+    The patch covariance has 12 eigenvectors; each becomes a filter scaled by 1/sqrt(eigenvalue + eps),
+    once with each sign (24 filters), so the ReLU after the stem keeps both halves. The network then
+    starts from decorrelated, unit-variance inputs (the initialisation of the airbench trainers).
+    """
+    conv = model.conv0
+    k = conv.kernel_size
+    patches = nn.functional.unfold(images.float(), k).transpose(1, 2).reshape(-1, conv.in_channels * k[0] * k[1])
+    cov = patches.T @ patches / len(patches)
+    eigenvalues, eigenvectors = torch.linalg.eigh(cov)
+    filters = (eigenvectors.T / (eigenvalues + eps).sqrt()[:, None]).reshape(-1, conv.in_channels, *k)
+    with torch.no_grad():
+        conv.weight.copy_(torch.cat([filters, -filters]))
+    conv.weight.requires_grad_(False)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -217,7 +217,7 @@ JPEG_COST = 2.0   # points; the offline copy's README: a JPEG re-encoding costs 
 
 def differences(runs: dict[str, Run], results_dir="results") -> str:
     """Our runs against the author's, model by model, and the known causes of a difference with their
-    size where this project measured it (the seed and head studies of notebook 07, when they exist)."""
+    size where this project measured it (the head and seed studies of notebooks 07 and 08, when they exist)."""
     if not runs:
         return "_No finished runs._"
     s = _split(next(iter(runs.values())))
@@ -240,10 +240,10 @@ def differences(runs: dict[str, Run], results_dir="results") -> str:
         seeds = pd.read_csv(studies / "seeds.csv")
         spread = float((seeds["best max"] - seeds["best min"]).max())
         causes.append(f"**Seed.** Across {int(seeds['seeds'].min())} seeds one model's best accuracy moves by up to "
-                      f"{spread:.1f} points (notebook 07); the author's runs were one unseeded run each.")
+                      f"{spread:.1f} points (notebook 08); the author's runs were one unseeded run each.")
     else:
         causes.append("**Seed.** The author's runs were unseeded, ours seeded; the seed-to-seed spread is measured "
-                      "in notebook 07.")
+                      "in notebook 08.")
     if (studies / "heads.csv").exists():
         heads = pd.read_csv(studies / "heads.csv").set_index(["model", "head"])["best acc"]
         deltas = [f"{heads[m, 'author'] - heads[m, '10-way']:+.1f} points for {m}"

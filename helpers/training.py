@@ -32,7 +32,7 @@ import torch.nn.functional as F
 
 from . import data as D
 from .evaluation import evaluate
-from .models import build_model, count_parameters
+from .models import build_model, count_parameters, whiten_stem
 
 
 
@@ -58,10 +58,13 @@ class TrainConfig:
     width: float = 1.0              # channel multiplier
     convs: int = 7                  # 5 or 6: drop the last convolutions of an average-pooling model
     optimizer: str = "adam"         # adam | sgd (Nesterov momentum 0.9)
-    augment: str = "none"           # none | flip_crop (random mirror and 4-pixel-padded crop)
+    whiten: bool = False            # compact model: a frozen 2x2 stem that whitens image patches
+    augment: str = "none"           # none | flip_crop (random mirror and a crop of the image padded by crop_pad)
+    crop_pad: int = 4               # how far flip_crop may move the image, in pixels
     schedule: str = "constant"      # constant | onecycle | cosine (per step)
     label_smoothing: float = 0.0
     tta_flip: bool = False          # evaluate on each image and its mirror image
+    tta_shift: int = 0              # >0: also on copies moved by this many pixels (up-left, down-right)
     eval_each_epoch: bool = True    # False: evaluate once, after the last epoch (a final model and its test set)
 
     def __post_init__(self):
@@ -72,6 +75,8 @@ class TrainConfig:
                 raise ValueError(f"{field} must be one of {', '.join(allowed)}; got {getattr(self, field)!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be positive; got {self.epochs} and {self.batch_size}")
+        if self.whiten and self.model != "compact":
+            raise ValueError("whiten needs model='compact' (the only model with a 2x2 patch stem)")
 
     @classmethod
     def from_dict(cls, saved: dict) -> "TrainConfig":
@@ -218,8 +223,11 @@ def load_run(path) -> Run:
 
 
 def make_model(config: TrainConfig) -> torch.nn.Module:
-    return build_model(config.model, config.head, batchnorm=config.batchnorm, width=config.width,
-                       convs=config.convs)
+    model = build_model(config.model, config.head, batchnorm=config.batchnorm, width=config.width,
+                        convs=config.convs)
+    if config.whiten:
+        model.conv0.weight.requires_grad_(False)   # set from the data by fit (whiten_stem), then kept
+    return model
 
 
 def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
@@ -309,6 +317,8 @@ def fit(config: TrainConfig, data: D.CIFAR10, run_name: str | None = None, resul
     random.seed(config.seed)
     shuffle = torch.Generator().manual_seed(config.seed)
     model = make_model(config).to(dev)
+    if config.whiten:
+        whiten_stem(model, x_train[:5000])
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     opt = make_optimizer(config, model)
@@ -348,7 +358,7 @@ def fit(config: TrainConfig, data: D.CIFAR10, run_name: str | None = None, resul
                    desc=f"epoch {epoch}", disable=not show_bar)
         for xb, yb in bar:
             if config.augment == "flip_crop":
-                xb = D.flip_and_crop(xb, shuffle)
+                xb = D.flip_and_crop(xb, shuffle, pad=config.crop_pad)
             with autocast(dev, config.precision):
                 logits = model(xb)
             loss = F.cross_entropy(logits.float(), yb, label_smoothing=config.label_smoothing)
@@ -361,7 +371,8 @@ def fit(config: TrainConfig, data: D.CIFAR10, run_name: str | None = None, resul
             correct += (logits.argmax(1) == yb).sum()
         train_seconds = time.perf_counter() - start
         if config.eval_each_epoch or epoch == config.epochs:
-            ev = evaluate(model, x_test, y_test, precision=config.precision, tta_flip=config.tta_flip)
+            ev = evaluate(model, x_test, y_test, precision=config.precision, tta_flip=config.tta_flip,
+                          tta_shift=config.tta_shift)
         else:
             ev = {"loss": float("nan"), "accuracy": float("nan")}
         seconds = time.perf_counter() - start

@@ -31,7 +31,7 @@ def notebook_times() -> str:
 
 
 def follow_up(results: Path) -> str:
-    """The follow-up studies (notebooks 07 and 08) in a few lines, from results/studies/."""
+    """The follow-up studies (notebooks 07 to 09) in a few lines, from results/studies/."""
     studies = REPO / results / "studies"
     parts = []
     if (studies / "final.json").exists():
@@ -50,14 +50,14 @@ def follow_up(results: Path) -> str:
     if (studies / "seeds.csv").exists():
         seeds = pd.read_csv(studies / "seeds.csv")
         parts += [f"Seed study (test accuracy in percent over {int(seeds['seeds'].min())} seeds, the report's "
-                  "protocol on a shorter schedule, see notebook 07):", "",
+                  "protocol on a shorter schedule, see notebook 08):", "",
                   H.results.markdown_table(seeds[["model", "best mean", "best sd", "best min", "best max",
                                                   "final mean", "lowest loss epochs"]], "{:.2f}"), "",
                   "![Seeds](figures/seeds.png)", ""]
     if (studies / "heads.csv").exists():
         heads = pd.read_csv(studies / "heads.csv")
         parts += [H.studies.head_findings(heads), ""]
-    return "\n".join(parts).strip() or "_The follow-up studies have not been run yet (notebooks 07 and 08)._"
+    return "\n".join(parts).strip() or "_The follow-up studies have not been run yet (notebooks 07 to 09)._"
 
 
 def main(argv=None):

@@ -125,3 +125,14 @@ def test_flip_and_crop_keeps_shape_and_is_reproducible():
     seen = {tuple(D.flip_and_crop(x, torch.Generator().manual_seed(s), pad=2)[0, 0, 0, :2].tolist())
             for s in range(20)}
     assert len(seen) > 3                                                                # crops actually vary
+
+
+def test_flip_and_crop_moves_by_at_most_pad_pixels():
+    x = torch.zeros(64, 1, 8, 8)
+    x[:, :, 4, 4] = 1.0                                   # one bright pixel in the middle
+    for pad in (1, 2):
+        out = H.data.flip_and_crop(x, torch.Generator().manual_seed(0), pad=pad)
+        rows, cols = out[:, 0].amax(2).argmax(1), out[:, 0].amax(1).argmax(1)
+        assert out.amax((1, 2, 3)).eq(1).all()
+        assert ((rows - 4).abs() <= pad).all() and ((cols - 4).abs() <= pad + 1).all()   # +1: the mirror image
+        assert (rows != 4).any()

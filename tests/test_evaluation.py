@@ -41,3 +41,21 @@ def test_confusion_matrix_and_per_class_accuracy():
 
 def test_author_loss_scale_is_about_one_64th():
     assert H.author_loss_scale(1.0) == pytest.approx(157 / 10_000)
+
+
+def test_test_time_views_average_the_flip_and_the_shifts():
+    from helpers.evaluation import _shift
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    moved = _shift(x, 1, 1)
+    assert torch.equal(moved[..., 1:, 1:], x[..., :-1, :-1])          # content moves down and right
+    assert torch.equal(_shift(x, -2, -2)[..., :-2, :-2], x[..., 2:, 2:])
+    torch.manual_seed(0)
+    model = H.build_model("avgpool").eval()
+    x = torch.randn(6, 3, 32, 32)
+    with torch.no_grad():
+        plain, flipped = model(x), model(x.flip(3))
+        views = [x, _shift(x, 2, 2), _shift(x, -2, -2)]
+        six = torch.stack([model(v) for v in views] + [model(v.flip(3)) for v in views]).mean(0)
+    assert torch.allclose(H.predict(model, x), plain, atol=1e-6)
+    assert torch.allclose(H.predict(model, x, tta_flip=True), (plain + flipped) / 2, atol=1e-6)
+    assert torch.allclose(H.predict(model, x, tta_flip=True, tta_shift=2), six, atol=1e-5)

@@ -102,3 +102,17 @@ def test_fewer_convolutions_and_the_compact_network():
                        (dict(name="compact", head="author"), "only the width")]:
         with pytest.raises(ValueError, match=match):
             H.build_model(**bad)
+
+
+def test_whitened_stem_decorrelates_patches(fake_data):
+    torch.manual_seed(0)
+    model = H.build_model("compact")
+    x = H.normalize(fake_data.train.images[:200])
+    H.models.whiten_stem(model, x, eps=0.0)
+    out = model.conv0(x).permute(0, 2, 3, 1).reshape(-1, 24)[:, :12]   # the first sign of each filter pair
+    cov = out.T @ out / len(out)
+    assert torch.allclose(cov, torch.eye(12), atol=0.05)
+    assert not model.conv0.weight.requires_grad
+    assert H.count_parameters(model) == 1_972_826 - 24 * 3 * 2 * 2
+    with pytest.raises(ValueError, match="whiten needs"):
+        H.TrainConfig(model="avgpool", whiten=True)

@@ -58,7 +58,7 @@ def test_differences_name_the_gap_and_the_measured_causes(tmp_path):
         run.metrics["official_data"] = False
     text = results.differences(runs, tmp_path)
     assert "best 77.0% (author 77.3%, -0.3 points)" in text and "JPEG re-encoding" in text
-    assert "measured in notebook 07" in text and "account for" not in text
+    assert "measured in notebook 08" in text and "account for" not in text
     (tmp_path / "studies").mkdir()
     pd.DataFrame({"model": ["a", "b"], "seeds": [3, 3], "best min": [70.0, 75.0], "best max": [71.0, 76.5]}).to_csv(
         tmp_path / "studies" / "seeds.csv", index=False)
