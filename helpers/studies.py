@@ -62,7 +62,7 @@ def seed_study(data: D.CIFAR10, seeds, epochs: int, results_dir="results", reuse
         for seed in seeds:
             config = TrainConfig(model=variant, seed=seed, epochs=epochs, **options)
             config = dataclasses.replace(config, precision=_resolved(config.precision, device))
-            longer = Path(reuse_from) / config.default_name()
+            longer = D.project_path(reuse_from) / config.default_name()
             hist = None
             if (longer / "metrics.json").exists():
                 hist = history_prefix(load_run(longer), config)
@@ -70,7 +70,7 @@ def seed_study(data: D.CIFAR10, seeds, epochs: int, results_dir="results", reuse
                 source = f"first {epochs} epochs of {longer}"
             else:
                 run = fit(config, data, run_name=f"seeds/{config.default_name()}_{epochs}ep",
-                          results_dir=results_dir, device=device, verbose=False)
+                          results_dir=results_dir, device=device, replay=False)
                 hist, source = run.history, str(run.path)
             histories[variant, seed] = hist
             sources.append({"model": VARIANTS[variant], "seed": seed, "history from": source})
@@ -285,7 +285,7 @@ def run_ladder(steps: list[Step], start: TrainConfig, data: D.CIFAR10, results_d
             run = base
         else:
             run = fit(config, data, run_name=f"ladder/{step.name}", results_dir=results_dir, device=device,
-                      verbose=False)
+                      replay=False)
             hist = run.history
             final_acc, final_loss = hist["val_acc"].iloc[-1], hist["val_loss"].iloc[-1]
             minutes = hist["seconds"].sum() / 60

@@ -54,11 +54,14 @@ def test_seed_checks_count_the_seeds_where_a_conclusion_holds():
     assert S.seed_checks(histories) == []
 
 
-def test_the_seed_study_reuses_a_longer_run_and_trains_the_rest(fake_data, tmp_path):
+def test_the_seed_study_reuses_a_longer_run_and_trains_the_rest(fake_data, tmp_path, monkeypatch):
     for variant in H.VARIANTS:
         _fit(fake_data, tmp_path / "report", variant, model=variant, epochs=2)
-    histories, sources = S.seed_study(fake_data, seeds=[0, 1], epochs=1, results_dir=tmp_path / "study",
-                                      reuse_from=tmp_path / "report", **TINY)
+    # relative folders are the project's, whatever the working directory (notebooks run in notebooks/)
+    monkeypatch.setattr(H.data, "REPO_ROOT", tmp_path)
+    monkeypatch.chdir(tmp_path / "report")
+    histories, sources = S.seed_study(fake_data, seeds=[0, 1], epochs=1, results_dir="study",
+                                      reuse_from="report", **TINY)
     assert len(histories) == 6 and all(len(h) == 1 for h in histories.values())
     reused = sources["history from"].str.startswith("first 1 epochs of")
     assert reused.tolist() == [True, False] * 3
