@@ -119,7 +119,8 @@ def build_compact(width: float = 1.0) -> nn.Sequential:
     """A small all-convolutional network in the style of fast CIFAR-10 trainers (airbench, ResNet-9 DAWNBench).
 
     A 2x2 stem (24 channels, no padding: 32x32 -> 31x31), then three blocks of [3x3 conv, 2x2 max-pool,
-    BN, ReLU, 3x3 conv, BN, ReLU] with 64, 256 and 256 channels (times ``width``), a global max-pool over
+    BN, ReLU, 3x3 conv, BN, ReLU] with 64, 256 and 256 channels (times ``width``; the stem keeps its 24,
+    one filter per sign and patch dimension, so that ``whiten_stem`` can fill it), a global max-pool over
     the last 3x3 map and one Linear layer. Against model 3 it moves the capacity to where the images are
     large: its first block works at 31x31 and 15x15 with 64 channels where model 3 has 16 and 32, and
     its widest layers work at 15x15 to 3x3 rather than 4x4 and 2x2.
@@ -127,7 +128,7 @@ def build_compact(width: float = 1.0) -> nn.Sequential:
     if width <= 0:
         raise ValueError(f"width must be positive, got {width}")
     widths = [max(8, round(w * width)) for w in COMPACT_WIDTHS]
-    stem = max(8, round(24 * width))
+    stem = 2 * 3 * 2 * 2    # two filters (one per sign) per dimension of a 2x2x3 patch; not scaled by width
     layers: list[tuple[str, nn.Module]] = [("conv0", nn.Conv2d(3, stem, 2, padding=0, bias=False)),
                                            ("bn0", nn.BatchNorm2d(stem)), ("relu0", nn.ReLU())]
     c_in = stem

@@ -246,7 +246,8 @@ def default_ladder() -> list[Step]:
         Step("whiten", "+ whitened, frozen first layer", {"whiten": True}, "sgd"),
         Step("short_shifts", "+ crops moved by 2 px, not 4", {"crop_pad": 2}, "whiten"),
         Step("smoothing_02", "+ label smoothing 0.2", {"label_smoothing": 0.2}, "short_shifts"),
-        Step("tta_shift", "+ test-time shifts (6 views)", {"tta_shift": 2}, "smoothing_02"),
+        Step("lookahead", "+ lookahead weight averaging", {"lookahead": True}, "smoothing_02"),
+        Step("tta_shift", "+ test-time shifts (6 views)", {"tta_shift": 2}, "lookahead"),
     ]
 
 

@@ -59,6 +59,7 @@ class TrainConfig:
     convs: int = 7                  # 5 or 6: drop the last convolutions of an average-pooling model
     optimizer: str = "adam"         # adam | sgd (Nesterov momentum 0.9)
     whiten: bool = False            # compact model: a frozen 2x2 stem that whitens image patches
+    lookahead: bool = False         # average the weights of the last steps (from 30% of training on)
     augment: str = "none"           # none | flip_crop (random mirror and a crop of the image padded by crop_pad)
     crop_pad: int = 4               # how far flip_crop may move the image, in pixels
     schedule: str = "constant"      # constant | onecycle | cosine (per step)
@@ -196,6 +197,40 @@ def _restore_rng(state: dict, shuffle: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+# ---------------------------------------------------------------- weight averaging
+
+class Lookahead:
+    """Lookahead weight averaging as in the airbench trainers. From ``start`` (a fraction of training) on,
+    every ``every`` steps the slow weights move towards the trained ones by 1 - rho and the trained ones
+    are reset to them. rho = base**every * progress**3 grows towards the end, so the final steps are
+    averaged most. At the end of each epoch the model takes the slow weights (for evaluation)."""
+
+    def __init__(self, start: float = 0.3, every: int = 5, base: float = 0.95):
+        self.start, self.every, self.base = start, every, base
+        self.slow: dict | None = None
+
+    def step(self, model: torch.nn.Module, step: int, total: int) -> None:
+        progress = step / total
+        if progress < self.start or step % self.every:
+            return
+        if self.slow is None:
+            self.slow = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+            return
+        rho = self.base ** self.every * progress ** 3
+        self._pull(model, 1 - rho)
+
+    def end_epoch(self, model: torch.nn.Module) -> None:
+        if self.slow is not None:
+            self._pull(model, 0.0)
+
+    @torch.no_grad()
+    def _pull(self, model: torch.nn.Module, weight: float) -> None:
+        for name, value in model.state_dict().items():
+            if name in self.slow:
+                self.slow[name].lerp_(value, weight)
+                value.copy_(self.slow[name])
+
+
 # ---------------------------------------------------------------- the run
 
 @dataclass
@@ -324,6 +359,7 @@ def fit(config: TrainConfig, data: D.CIFAR10, run_name: str | None = None, resul
     opt = make_optimizer(config, model)
     n_batches = -(-len(y_train) // config.batch_size)
     schedule = make_schedule(config, opt, n_batches)
+    lookahead = Lookahead() if config.lookahead else None
     history: list[dict] = []
     ckpt_file = path / "checkpoint.pt"
     if ckpt_file.exists():
@@ -336,6 +372,8 @@ def fit(config: TrainConfig, data: D.CIFAR10, run_name: str | None = None, resul
         if schedule is not None:
             schedule.load_state_dict(ckpt["schedule"])
         _restore_rng(ckpt["rng"], shuffle)
+        if lookahead is not None:
+            lookahead.slow = ckpt.get("lookahead")
         history = ckpt["history"]
         if verbose:
             print(f"{path.name}: resuming after epoch {len(history)} from {ckpt_file}; the epochs so far:")
@@ -356,7 +394,7 @@ def fit(config: TrainConfig, data: D.CIFAR10, run_name: str | None = None, resul
         correct = torch.zeros((), device=dev, dtype=torch.int64)
         bar = tqdm(D.batches(x_train, y_train, config.batch_size, shuffle), total=n_batches, leave=False,
                    desc=f"epoch {epoch}", disable=not show_bar)
-        for xb, yb in bar:
+        for i, (xb, yb) in enumerate(bar, start=1):
             if config.augment == "flip_crop":
                 xb = D.flip_and_crop(xb, shuffle, pad=config.crop_pad)
             with autocast(dev, config.precision):
@@ -367,8 +405,12 @@ def fit(config: TrainConfig, data: D.CIFAR10, run_name: str | None = None, resul
             opt.step()
             if schedule is not None:
                 schedule.step()
+            if lookahead is not None:
+                lookahead.step(model, (epoch - 1) * n_batches + i, config.epochs * n_batches)
             loss_sum += loss.detach() * len(yb)
             correct += (logits.argmax(1) == yb).sum()
+        if lookahead is not None:
+            lookahead.end_epoch(model)
         train_seconds = time.perf_counter() - start
         if config.eval_each_epoch or epoch == config.epochs:
             ev = evaluate(model, x_test, y_test, precision=config.precision, tta_flip=config.tta_flip,
@@ -383,7 +425,8 @@ def fit(config: TrainConfig, data: D.CIFAR10, run_name: str | None = None, resul
         history.append(row)
         ckpt = {"config": dataclasses.asdict(config), "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "schedule": schedule.state_dict() if schedule is not None else None,
-                "rng": _rng_state(shuffle), "history": history}
+                "rng": _rng_state(shuffle), "history": history,
+                "lookahead": lookahead.slow if lookahead is not None else None}
         _atomic_write(ckpt_file, lambda f: torch.save(ckpt, f))
         _atomic_write(path / "history.csv", lambda f: f.write(pd.DataFrame(history).to_csv(index=False).encode()))
         if verbose:

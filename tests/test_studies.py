@@ -78,7 +78,7 @@ def test_ladder_steps_accumulate_and_branches_do_not():
     assert configs["compact"].model == "compact" and configs["shallow"].width == 1.0
     last = configs["tta_shift"]
     assert (last.model, last.optimizer, last.whiten, last.crop_pad, last.label_smoothing, last.tta_shift) == \
-        ("compact", "sgd", True, 2, 0.2, 2) and last.augment == "flip_crop" and last.schedule == "onecycle"
+        ("compact", "sgd", True, 2, 0.2, 2) and last.lookahead and last.augment == "flip_crop" and last.schedule == "onecycle"
     with pytest.raises(ValueError, match="not an earlier step"):
         S.ladder_configs([S.Step("a", "a", {}, "b")], H.TrainConfig())
 

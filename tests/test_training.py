@@ -81,7 +81,7 @@ def test_interrupted_save_leaves_the_previous_checkpoint_loadable(fake_data, tmp
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("options", ["protocol", "all-options"])
+@pytest.mark.parametrize("options", ["protocol", "all-options", "compact"])
 def test_a_killed_run_resumes_to_exactly_the_uninterrupted_result(fake_root, tmp_path, options):
     child = [sys.executable, str(Path(__file__).parent / "train_child.py"), str(fake_root)]
     opt = [options]
@@ -131,3 +131,26 @@ def test_one_cycle_schedule_ends_near_zero_and_options_train(fake_data, tmp_path
     assert max(lrs) == pytest.approx(config.lr, rel=0.05) and lrs[-1] < config.lr / 1000
     run = H.fit(config, fake_data, run_name="opts", results_dir=tmp_path, progress=False, verbose=False)
     assert run.metrics["config"]["schedule"] == "onecycle" and len(run.history) == 2
+
+
+def test_lookahead_pulls_the_weights_towards_their_slow_average():
+    model = torch.nn.Linear(2, 1, bias=False)
+    la = H.training.Lookahead(start=0.5, every=2, base=0.9)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    la.step(model, 1, 10)                      # before the start: nothing happens
+    assert la.slow is None
+    la.step(model, 6, 10)                      # first due step: the slow copy starts here
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    la.step(model, 7, 10)                      # not a multiple of `every`: nothing happens
+    assert model.weight.eq(3.0).all()
+    la.step(model, 8, 10)
+    rho = 0.9 ** 2 * 0.8 ** 3
+    expected = 1.0 + (1 - rho) * 2.0
+    assert torch.allclose(model.weight, torch.full_like(model.weight, expected))
+    assert torch.allclose(la.slow["weight"], model.weight)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    la.end_epoch(model)                        # the model takes the slow weights
+    assert torch.allclose(model.weight, torch.full_like(model.weight, expected))
