@@ -91,8 +91,7 @@ def build_model(name: str, head: str = "linear", dropout: float = 0.5, batchnorm
     if width <= 0:
         raise ValueError(f"width must be positive, got {width}")
     channels = [(c_in if i == 0 else max(4, round(c_in * width)), max(4, round(c_out * width)))
-                for i, (c_in, c_out) in enumerate(CONV_CHANNELS)]
-    channels = channels[:convs]
+                for i, (c_in, c_out) in enumerate(CONV_CHANNELS[:convs])]
     layers: list[tuple[str, nn.Module]] = []
     for i, (c_in, c_out) in enumerate(channels, start=1):
         layers.append((f"conv{i}", nn.Conv2d(c_in, c_out, 3, stride=1, padding=1, bias=not batchnorm)))

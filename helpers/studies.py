@@ -19,21 +19,27 @@ import torch
 from . import data as D
 from .evaluation import evaluate, predict
 from .models import VARIANTS
-from .training import Run, TrainConfig, fit, load_run, save_json
+from .results import overfits
+from .training import (Run, TrainConfig, _atomic_write, fit, load_run, pick_device, resolve_precision, save_json,
+                       splits)
 
-# ---------------------------------------------------------------- seeds
+# ---------------------------------------------------------------- saving
+
+def _studies_folder(results_dir) -> Path:
+    folder = D.project_path(results_dir) / "studies"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
 
 def save_table(table: pd.DataFrame, name: str, results_dir="results") -> Path:
     """Write a study's table to ``results_dir/studies/<name>.csv`` (atomically), for the README and readers."""
-    folder = D.project_path(results_dir) / "studies"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{name}.csv"
-    tmp = path.with_name(path.name + ".tmp")
-    table.to_csv(tmp, index=table.index.name is not None or not isinstance(table.index, pd.RangeIndex))
-    tmp.replace(path)
+    path = _studies_folder(results_dir) / f"{name}.csv"
+    index = table.index.name is not None or not isinstance(table.index, pd.RangeIndex)
+    _atomic_write(path, lambda f: f.write(table.to_csv(index=index).encode()))
     return path
 
 
+# ---------------------------------------------------------------- seeds
 
 def history_prefix(longer: Run, config: TrainConfig) -> pd.DataFrame | None:
     """The first ``config.epochs`` epochs of ``longer`` when they *are* a run of ``config``, else None.
@@ -61,7 +67,7 @@ def seed_study(data: D.CIFAR10, seeds, epochs: int, results_dir="results", reuse
     for variant in VARIANTS:
         for seed in seeds:
             config = TrainConfig(model=variant, seed=seed, epochs=epochs, **options)
-            config = dataclasses.replace(config, precision=_resolved(config.precision, device))
+            config = dataclasses.replace(config, precision=resolve_precision(config.precision, pick_device(device)))
             longer = D.project_path(reuse_from) / config.default_name()
             hist = None
             if (longer / "metrics.json").exists():
@@ -77,18 +83,6 @@ def seed_study(data: D.CIFAR10, seeds, epochs: int, results_dir="results", reuse
             print(f"{variant} seed {seed}: best test accuracy {hist['test_acc'].max():.2%}, "
                   f"final {hist['test_acc'].iloc[-1]:.2%} ({source})", flush=True)
     return histories, pd.DataFrame(sources)
-
-
-def _resolved(precision: str, device) -> str:
-    from .training import pick_device, resolve_precision
-    return resolve_precision(precision, pick_device(device))
-
-
-def _overfits(h: pd.DataFrame) -> bool:
-    """The rule of ``results.findings``: lowest test loss in the first quarter, then at least 10% higher."""
-    loss = h["test_loss"]
-    low_ep = int(h.loc[loss.idxmin(), "epoch"])
-    return low_ep <= max(2, len(h) // 4) and loss.iloc[-1] - loss.min() > 0.1 * loss.min()
 
 
 def seed_table(histories: dict) -> pd.DataFrame:
@@ -123,10 +117,10 @@ def seed_checks(histories: dict) -> list[dict]:
          {s: b["fc"] < b["avgpool"] < b["avgpool_dropout"] for s, b in best.items()},
          {s: " < ".join(f"{b[v]:.1f}" for v in VARIANTS) for s, b in best.items()}),
         ("The FC model overfits (test loss lowest early, then up by more than 10%)",
-         {s: _overfits(hs["fc"]) for s, hs in per_seed.items()},
+         {s: overfits(hs["fc"]["test_loss"], hs["fc"]["epoch"]) for s, hs in per_seed.items()},
          {s: _loss_story(hs["fc"]) for s, hs in per_seed.items()}),
         ("The average-pooling model overfits the same way",
-         {s: _overfits(hs["avgpool"]) for s, hs in per_seed.items()},
+         {s: overfits(hs["avgpool"]["test_loss"], hs["avgpool"]["epoch"]) for s, hs in per_seed.items()},
          {s: _loss_story(hs["avgpool"]) for s, hs in per_seed.items()}),
         ("Dropout ends with the lowest test loss of the three",
          {s: min(fl, key=fl.get) == "avgpool_dropout" for s, fl in final_loss.items()},
@@ -146,7 +140,7 @@ def seed_checks_markdown(checks: list[dict]) -> str:
         return "_The checks need every variant trained with every seed._"
     lines = [f"- **{c['claim']}**: holds in {c['held']} of {c['seeds']} seeds ({c['evidence']})." for c in checks]
     solid = [c for c in checks if c["held"] == c["seeds"]]
-    return "\n".join(lines) + (f"\n\n{len(solid)} of these {len(checks)} conclusions hold in every seed.")
+    return "\n".join(lines) + f"\n\n{len(solid)} of these {len(checks)} conclusions hold in every seed."
 
 
 def seed_spread(table: pd.DataFrame) -> str:
@@ -204,7 +198,7 @@ def head_findings(table: pd.DataFrame) -> str:
                 f"epoch {auth['lowest loss epoch']} (10-way: {ten['lowest loss epoch']}), and at the end it fits its "
                 f"training images {auth['train - test acc at end']:.1f} points better than the test images "
                 f"(10-way: {ten['train - test acc at end']:.1f}).")
-        if "mass on unused outputs %" in auth and auth["mass on unused outputs %"] == auth["mass on unused outputs %"]:
+        if pd.notna(auth.get("mass on unused outputs %")):
             text += (f" It puts {auth['mass on unused outputs %']:.3f}% of its softmax mass on the 246 outputs that "
                      f"are no class, and {auth['predictions outside 0-9 %']:.2f}% of its predictions land there.")
         out.append(text)
@@ -218,7 +212,7 @@ EVAL_ONLY = {"tta_flip", "tta_shift"}    # options that change only how a traine
 
 @dataclass(frozen=True)
 class Step:
-    """One rung: ``changes`` applied to the configuration of step ``base`` (None: ``Ladder.start``)."""
+    """One rung: ``changes`` applied to the configuration of step ``base`` (None: the ladder's start)."""
     name: str
     label: str
     changes: dict = field(default_factory=dict)
@@ -266,7 +260,7 @@ def run_ladder(steps: list[Step], start: TrainConfig, data: D.CIFAR10, results_d
     """Train every step (or load it) into ``results_dir/ladder/<step>`` and tabulate them.
 
     A step that changes only evaluation options (test-time flip) re-evaluates its base's weights instead
-    of training them again. Returns the table (also written to ``ladder/summary.csv``) and the histories.
+    of training them again. Returns the table (also written to ``studies/ladder.csv``) and the histories.
     """
     if not start.validation:
         raise ValueError("the ladder chooses between models: give the start configuration a validation split")
@@ -277,7 +271,7 @@ def run_ladder(steps: list[Step], start: TrainConfig, data: D.CIFAR10, results_d
         eval_only = step.base is not None and set(step.changes) <= EVAL_ONLY
         if eval_only:
             base = runs[step.base]
-            _, val = _splits_for(config, data)
+            _, val = splits(config, data)
             x, y = D.to_device(val, torch.device("cpu"))
             ev = evaluate(base.model, x, y, precision=base.config.precision, tta_flip=config.tta_flip,
                           tta_shift=config.tta_shift)
@@ -304,11 +298,6 @@ def run_ladder(steps: list[Step], start: TrainConfig, data: D.CIFAR10, results_d
                      for row in rows]
     save_table(table, "ladder", results_dir)
     return table, histories
-
-
-def _splits_for(config: TrainConfig, data: D.CIFAR10):
-    from .training import splits
-    return splits(config, data)
 
 
 def ladder_findings(table: pd.DataFrame) -> str:
@@ -384,9 +373,7 @@ def save_final(run: Run, step: str, reason: str, results_dir="results") -> dict:
             "test_loss": float(run.history["test_loss"].iloc[-1]), "minutes": run.metrics["train_seconds"] / 60,
             "parameters": run.metrics["parameters"], "epochs": run.config.epochs, "data": run.metrics["data"],
             "official_data": run.metrics["official_data"]}
-    folder = D.project_path(results_dir) / "studies"
-    folder.mkdir(parents=True, exist_ok=True)
-    save_json(info, folder / "final.json")
+    save_json(info, _studies_folder(results_dir) / "final.json")
     return info
 
 
