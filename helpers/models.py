@@ -64,18 +64,21 @@ class Dropout(nn.Dropout):
 
 
 def build_model(name: str, head: str = "linear", dropout: float = 0.5, batchnorm: bool = False,
-                width: float = 1.0, convs: int = 7) -> nn.Sequential:
+                width: float = 1.0, convs: int = 7, **compact_options) -> nn.Sequential:
     """One of the report's variants; ``head="author"`` keeps the 256-logit output of models 2 and 3.
 
     Options beyond the report (off by default): ``batchnorm`` puts a BatchNorm2d between each
     convolution (then without bias) and its ReLU; ``width`` scales every layer's channel count;
     ``convs`` (5 or 6, average-pooling models only) drops the last convolutions, and with them most
-    of the parameters. ``name="compact"`` builds the follow-up network instead (``build_compact``).
+    of the parameters. ``name="compact"`` builds the follow-up network instead (``build_compact``,
+    which also takes ``compact_options``).
     """
     if name == "compact":
         if head != "linear" or convs != 7:
-            raise ValueError("the compact network takes only the width option")
-        return build_compact(width)
+            raise ValueError("the compact network takes only the width option and its own (see build_compact)")
+        return build_compact(width, **compact_options)
+    if compact_options:
+        raise ValueError(f"{', '.join(compact_options)} apply to the compact network only (model='compact')")
     if name not in VARIANTS:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
     if convs not in (5, 6, 7):
@@ -114,7 +117,22 @@ def build_model(name: str, head: str = "linear", dropout: float = 0.5, batchnorm
     return nn.Sequential(OrderedDict(layers))
 
 
-def build_compact(width: float = 1.0) -> nn.Sequential:
+class Scale(nn.Module):
+    """Multiply by a constant: a temperature on the logits."""
+
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.factor
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor:g}"
+
+
+def build_compact(width: float = 1.0, dirac: bool = False, bn_scale: bool = True, bn_momentum: float = 0.1,
+                  logit_scale: float = 1.0) -> nn.Sequential:
     """A small all-convolutional network in the style of fast CIFAR-10 trainers (airbench, ResNet-9 DAWNBench).
 
     A 2x2 stem (24 channels, no padding: 32x32 -> 31x31), then three blocks of [3x3 conv, 2x2 max-pool,
@@ -123,9 +141,18 @@ def build_compact(width: float = 1.0) -> nn.Sequential:
     the last 3x3 map and one Linear layer. Against model 3 it moves the capacity to where the images are
     large: its first block works at 31x31 and 15x15 with 64 channels where model 3 has 16 and 32, and
     its widest layers work at 15x15 to 3x3 rather than 4x4 and 2x2.
+
+    Details of the airbench trainers, off by default: ``dirac`` starts every 3x3 convolution as partly
+    the identity (its first filters pass their input channel through), so that the untrained network
+    already carries the image forward; ``bn_scale=False`` fixes the BatchNorm scales at 1 (only the
+    shifts learn); ``bn_momentum`` is the weight of each batch in the running statistics (PyTorch's
+    0.1; airbench uses 0.6, so the statistics follow weights that change fast); ``logit_scale``
+    multiplies the logits (airbench: 1/9).
     """
     if width <= 0:
         raise ValueError(f"width must be positive, got {width}")
+    if not 0 < bn_momentum <= 1 or logit_scale <= 0:
+        raise ValueError(f"bn_momentum must be in (0, 1] and logit_scale positive; got {bn_momentum}, {logit_scale}")
     widths = [max(8, round(w * width)) for w in COMPACT_WIDTHS]
     stem = 2 * 3 * 2 * 2    # two filters (one per sign) per dimension of a 2x2x3 patch; not scaled by width
     layers: list[tuple[str, nn.Module]] = [("conv0", nn.Conv2d(3, stem, 2, padding=0, bias=False)),
@@ -138,7 +165,17 @@ def build_compact(width: float = 1.0) -> nn.Sequential:
                    (f"bn{b}b", nn.BatchNorm2d(c)), (f"relu{b}b", nn.ReLU())]
         c_in = c
     layers += [("maxpool", nn.MaxPool2d(3)), ("flatten", nn.Flatten()), ("classifier", nn.Linear(c_in, 10))]
-    return nn.Sequential(OrderedDict(layers))
+    if logit_scale != 1:
+        layers.append(("scale", Scale(logit_scale)))
+    model = nn.Sequential(OrderedDict(layers))
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.momentum = bn_momentum
+            module.weight.requires_grad_(bn_scale)
+        elif dirac and isinstance(module, nn.Conv2d) and module.kernel_size == (3, 3):
+            with torch.no_grad():
+                nn.init.dirac_(module.weight[:module.in_channels])
+    return model
 
 
 def whiten_stem(model: nn.Sequential, images: torch.Tensor, eps: float = 5e-4) -> None:

@@ -208,6 +208,13 @@ def head_findings(table: pd.DataFrame) -> str:
 # ---------------------------------------------------------------- the ablation ladder
 
 EVAL_ONLY = {"tta_flip", "tta_shift"}    # options that change only how a trained model is evaluated
+# airbench94's hyperparameters (batch 1024, lr 11.5 and weight decay 0.0153 "per 1024 examples", Nesterov
+# momentum 0.85, BatchNorm shifts at 64x the rate, logits scaled by 1/9, a triangular schedule) expressed
+# for a mean loss: lr = 11.5 / (1 + 1 / (1 - 0.85)) = 1.5 and weight decay 0.0153 / 11.5 = 0.00133, so
+# that the weights shrink by the same fraction per step as in airbench.
+AIRBENCH_OPTIMISER = {"batch_size": 1024, "lr": 1.5, "momentum": 0.85,
+                      "weight_decay": round(0.0153 / 11.5, 7), "bias_lr": 64.0, "schedule": "triangle",
+                      "logit_scale": 1 / 9}
 
 
 @dataclass(frozen=True)
@@ -240,7 +247,11 @@ def default_ladder() -> list[Step]:
         Step("whiten", "+ whitened, frozen first layer", {"whiten": True}, "sgd"),
         Step("short_shifts", "+ crops moved by 2 px, not 4", {"crop_pad": 2}, "whiten"),
         Step("smoothing_02", "+ label smoothing 0.2", {"label_smoothing": 0.2}, "short_shifts"),
-        Step("lookahead", "+ lookahead weight averaging", {"lookahead": True}, "smoothing_02"),
+        Step("airbench_init", "+ identity-initialised convolutions, fixed BN scales, fast BN statistics",
+             {"dirac": True, "bn_scale": False, "bn_momentum": 0.6}, "smoothing_02"),
+        Step("airbench_opt", "+ airbench's optimiser settings (batch 1024, lr 1.5, 64x for BN shifts, "
+             "triangle schedule, logits / 9)", AIRBENCH_OPTIMISER, "airbench_init"),
+        Step("lookahead", "+ lookahead weight averaging", {"lookahead": True}, "airbench_opt"),
         Step("tta_shift", "+ test-time shifts (6 views)", {"tta_shift": 2}, "lookahead"),
     ]
 

@@ -36,6 +36,9 @@ from .models import build_model, count_parameters, whiten_stem
 
 
 
+COMPACT_DEFAULTS = {"dirac": False, "bn_scale": True, "bn_momentum": 0.1, "logit_scale": 1.0}
+
+
 class RunConflictError(RuntimeError):
     """The results folder holds a run made with a different configuration."""
 
@@ -57,19 +60,25 @@ class TrainConfig:
     batchnorm: bool = False         # BatchNorm2d after every convolution
     width: float = 1.0              # channel multiplier
     convs: int = 7                  # 5 or 6: drop the last convolutions of an average-pooling model
-    optimizer: str = "adam"         # adam | sgd (Nesterov momentum 0.9)
+    optimizer: str = "adam"         # adam | sgd (Nesterov)
+    momentum: float = 0.9           # sgd's momentum
+    bias_lr: float = 1.0            # learning-rate multiplier for BatchNorm shifts (weight decay divided by it)
     whiten: bool = False            # compact model: a frozen 2x2 stem that whitens image patches
     lookahead: bool = False         # average the weights of the last steps (from 30% of training on)
+    dirac: bool = False             # compact model: 3x3 convolutions start as partly the identity
+    bn_scale: bool = True           # compact model: False fixes the BatchNorm scales at 1
+    bn_momentum: float = 0.1        # compact model: weight of each batch in BatchNorm's running statistics
+    logit_scale: float = 1.0        # compact model: multiply the logits by this
     augment: str = "none"           # none | flip_crop (random mirror and a crop of the image padded by crop_pad)
     crop_pad: int = 4               # how far flip_crop may move the image, in pixels
-    schedule: str = "constant"      # constant | onecycle | cosine (per step)
+    schedule: str = "constant"      # constant | onecycle | cosine | triangle (per step)
     label_smoothing: float = 0.0
     tta_flip: bool = False          # evaluate on each image and its mirror image
     tta_shift: int = 0              # >0: also on copies moved by this many pixels (up-left, down-right)
     eval_each_epoch: bool = True    # False: evaluate once, after the last epoch (a final model and its test set)
 
     def __post_init__(self):
-        checks = {"augment": ("none", "flip_crop"), "schedule": ("constant", "onecycle", "cosine"),
+        checks = {"augment": ("none", "flip_crop"), "schedule": ("constant", "onecycle", "cosine", "triangle"),
                   "precision": ("fp32", "bf16", "auto"), "optimizer": ("adam", "sgd")}
         for field, allowed in checks.items():
             if getattr(self, field) not in allowed:
@@ -78,6 +87,15 @@ class TrainConfig:
             raise ValueError(f"epochs and batch_size must be positive; got {self.epochs} and {self.batch_size}")
         if self.whiten and self.model != "compact":
             raise ValueError("whiten needs model='compact' (the only model with a 2x2 patch stem)")
+        changed = [k for k, v in self.compact_options().items() if v != COMPACT_DEFAULTS[k]]
+        if changed and self.model != "compact":
+            raise ValueError(f"{', '.join(changed)} apply to model='compact' only")
+        if not 0 <= self.momentum < 1 or self.bias_lr <= 0:
+            raise ValueError(f"momentum must be in [0, 1) and bias_lr positive; got {self.momentum}, {self.bias_lr}")
+
+    def compact_options(self) -> dict:
+        """The options that only the compact network takes (see models.build_compact)."""
+        return {k: getattr(self, k) for k in COMPACT_DEFAULTS}
 
     @classmethod
     def from_dict(cls, saved: dict) -> "TrainConfig":
@@ -258,28 +276,52 @@ def load_run(path) -> Run:
 
 
 def make_model(config: TrainConfig) -> torch.nn.Module:
+    extra = config.compact_options() if config.model == "compact" else {}
     model = build_model(config.model, config.head, batchnorm=config.batchnorm, width=config.width,
-                        convs=config.convs)
+                        convs=config.convs, **extra)
     if config.whiten:
         model.conv0.weight.requires_grad_(False)   # set from the data by fit (whiten_stem), then kept
     return model
 
 
 def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """The report's Adam, or SGD with Nesterov momentum 0.9; ``weight_decay`` is an L2 term in both."""
+    """The report's Adam, or SGD with Nesterov momentum; ``weight_decay`` is an L2 term in both.
+
+    With ``bias_lr`` != 1 the BatchNorm shifts form a second group whose learning rate is multiplied
+    and whose weight decay is divided by it, so that both groups decay by the same factor per step
+    (as in airbench, where the shifts learn 64 times faster). Frozen parameters are left out.
+    """
+    shifts = {id(m.bias) for m in model.modules()
+              if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.bias is not None}
+    trained = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in trained if id(p) not in shifts or config.bias_lr == 1]}]
+    if config.bias_lr != 1 and shifts:
+        groups.append({"params": [p for p in trained if id(p) in shifts], "lr": config.lr * config.bias_lr,
+                       "weight_decay": config.weight_decay / config.bias_lr})
     if config.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, nesterov=True,
+        return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True,
                                weight_decay=config.weight_decay)
-    return torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def triangle(progress: float, start: float = 0.2, peak_at: float = 0.23, end: float = 0.07) -> float:
+    """The learning-rate factor of airbench's schedule: linear from ``start`` up to 1 at ``peak_at`` of
+    training, then linear down to ``end``."""
+    if progress < peak_at:
+        return start + (1 - start) * progress / peak_at
+    return 1 + (end - 1) * (progress - peak_at) / (1 - peak_at)
 
 
 def make_schedule(config: TrainConfig, opt: torch.optim.Optimizer, steps_per_epoch: int):
     """A per-step learning-rate schedule, or None for the report's constant rate."""
     total = config.epochs * steps_per_epoch
     if config.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=total, cycle_momentum=False)
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in opt.param_groups],
+                                                   total_steps=total, cycle_momentum=False)
     if config.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    if config.schedule == "triangle":
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: triangle(min(step / total, 1.0)))
     return None
 
 

@@ -116,3 +116,23 @@ def test_whitened_stem_decorrelates_patches(fake_data):
     assert H.count_parameters(model) == 1_972_826 - 24 * 3 * 2 * 2
     with pytest.raises(ValueError, match="whiten needs"):
         H.TrainConfig(model="avgpool", whiten=True)
+
+
+def test_airbench_details_of_the_compact_network():
+    plain, tuned = H.build_model("compact", width=0.25), H.build_model(
+        "compact", width=0.25, dirac=True, bn_scale=False, bn_momentum=0.6, logit_scale=1 / 9)
+    conv = tuned.conv1b                     # 16 -> 16 channels: exactly the identity at the start
+    x = torch.randn(2, conv.in_channels, 8, 8)
+    assert torch.allclose(conv(x), x)
+    wide = tuned.conv2a                     # 16 -> 64: its first 16 filters pass their channel through
+    y = torch.randn(1, 16, 8, 8)
+    assert torch.allclose(wide(y)[:, :16], y) and not torch.allclose(plain.conv1b(x), x)
+    bn = [m for m in tuned.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(m.momentum == 0.6 and not m.weight.requires_grad for m in bn)
+    assert H.count_parameters(tuned) == H.count_parameters(plain) - sum(m.weight.numel() for m in bn)
+    tuned.eval(), plain.eval()
+    plain.load_state_dict(tuned.state_dict())
+    z = torch.randn(3, 3, 32, 32)
+    assert torch.allclose(tuned(z), plain(z) / 9, atol=1e-6)
+    with pytest.raises(ValueError, match="compact network only"):
+        H.build_model("avgpool", dirac=True)

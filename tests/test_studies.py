@@ -78,7 +78,12 @@ def test_ladder_steps_accumulate_and_branches_do_not():
     assert configs["compact"].model == "compact" and configs["shallow"].width == 1.0
     last = configs["tta_shift"]
     assert (last.model, last.optimizer, last.whiten, last.crop_pad, last.label_smoothing, last.tta_shift) == \
-        ("compact", "sgd", True, 2, 0.2, 2) and last.lookahead and last.augment == "flip_crop" and last.schedule == "onecycle"
+        ("compact", "sgd", True, 2, 0.2, 2) and last.lookahead and last.augment == "flip_crop"
+    assert configs["smoothing_02"].schedule == "onecycle" and configs["smoothing_02"].batch_size == 64
+    assert last.dirac and not last.bn_scale and (last.batch_size, last.lr, last.momentum, last.schedule) == \
+        (1024, 1.5, 0.85, "triangle")
+    # airbench's decay per step (0.0153 per 1024 examples over 1 + 1/(1 - momentum)) is kept
+    assert last.lr * last.weight_decay == pytest.approx(0.0153 * 1024 / (1024 * (1 + 1 / 0.15)), rel=1e-4)
     with pytest.raises(ValueError, match="not an earlier step"):
         S.ladder_configs([S.Step("a", "a", {}, "b")], H.TrainConfig())
 

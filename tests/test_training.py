@@ -81,7 +81,7 @@ def test_interrupted_save_leaves_the_previous_checkpoint_loadable(fake_data, tmp
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("options", ["protocol", "all-options", "compact"])
+@pytest.mark.parametrize("options", ["protocol", "all-options", "compact", "airbench"])
 def test_a_killed_run_resumes_to_exactly_the_uninterrupted_result(fake_root, tmp_path, options):
     child = [sys.executable, str(Path(__file__).parent / "train_child.py"), str(fake_root)]
     opt = [options]
@@ -106,6 +106,34 @@ def test_options_are_validated():
         H.TrainConfig(augment="mixup")
     with pytest.raises(ValueError, match="schedule must be one of"):
         H.TrainConfig(schedule="step")
+    with pytest.raises(ValueError, match="dirac, logit_scale apply to model='compact' only"):
+        H.TrainConfig(model="avgpool", dirac=True, logit_scale=0.5)
+    with pytest.raises(ValueError, match="momentum must be in"):
+        H.TrainConfig(optimizer="sgd", momentum=1.0)
+
+
+def test_bn_shifts_get_their_own_rate_and_the_triangle_schedule_peaks_early():
+    config = H.TrainConfig(model="compact", width=0.25, optimizer="sgd", lr=0.5, weight_decay=1e-3, bias_lr=64,
+                           bn_scale=False, schedule="triangle", epochs=2)
+    model = H.training.make_model(config)
+    opt = H.training.make_optimizer(config, model)
+    main, shifts = opt.param_groups
+    bn = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert {id(p) for p in shifts["params"]} == {id(m.bias) for m in bn}
+    assert not any(id(m.weight) in {id(p) for p in main["params"]} for m in bn)     # fixed scales: not trained
+    assert shifts["lr"] == 32.0 and shifts["lr"] * shifts["weight_decay"] == pytest.approx(main["lr"] * main["weight_decay"])
+    sched = H.training.make_schedule(config, opt, steps_per_epoch=50)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.1) and max(lrs) == pytest.approx(0.5, rel=0.02)
+    assert 20 <= lrs.index(max(lrs)) <= 24 and lrs[-1] == pytest.approx(0.5 * H.training.triangle(0.99))
+    assert H.training.triangle(1.0) == pytest.approx(0.07)
+    assert opt.param_groups[1]["lr"] == pytest.approx(64 * opt.param_groups[0]["lr"])
+    plain = H.training.make_optimizer(H.TrainConfig(model="avgpool"), H.build_model("avgpool"))
+    assert len(plain.param_groups) == 1     # the report's Adam: one group, every parameter
 
 
 def test_a_config_saved_before_new_options_existed_still_matches(fake_data, tmp_path):

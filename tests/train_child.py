@@ -15,6 +15,9 @@ OPTIONS = {
     "compact": dict(model="compact", width=0.25, whiten=True, optimizer="sgd", lr=0.05, weight_decay=5e-4,
                     lookahead=True, augment="flip_crop", crop_pad=2, schedule="onecycle", label_smoothing=0.2,
                     tta_flip=True, tta_shift=1),
+    "airbench": dict(model="compact", width=0.25, whiten=True, optimizer="sgd", lr=0.5, momentum=0.85,
+                     weight_decay=1e-3, bias_lr=64, dirac=True, bn_scale=False, bn_momentum=0.6, logit_scale=1 / 9,
+                     schedule="triangle", lookahead=True, augment="flip_crop"),
 }
 config = dict(model="avgpool_dropout", epochs=3, seed=5)
 config.update(OPTIONS[sys.argv[4] if len(sys.argv) > 4 else "protocol"])
