@@ -208,13 +208,19 @@ def head_findings(table: pd.DataFrame) -> str:
 # ---------------------------------------------------------------- the ablation ladder
 
 EVAL_ONLY = {"tta_flip", "tta_shift"}    # options that change only how a trained model is evaluated
-# airbench94's hyperparameters (batch 1024, lr 11.5 and weight decay 0.0153 "per 1024 examples", Nesterov
-# momentum 0.85, BatchNorm shifts at 64x the rate, logits scaled by 1/9, a triangular schedule) expressed
-# for a mean loss: lr = 11.5 / (1 + 1 / (1 - 0.85)) = 1.5 and weight decay 0.0153 / 11.5 = 0.00133, so
-# that the weights shrink by the same fraction per step as in airbench.
-AIRBENCH_OPTIMISER = {"batch_size": 1024, "lr": 1.5, "momentum": 0.85,
-                      "weight_decay": round(0.0153 / 11.5, 7), "bias_lr": 64.0, "schedule": "triangle",
-                      "logit_scale": 1 / 9}
+def airbench_optimiser(batch_size: int = 1024) -> dict:
+    """airbench94's optimiser settings for a mean loss and any batch size.
+
+    airbench gives the learning rate (11.5) and the weight decay (0.0153) per 1024 examples, with
+    Nesterov momentum 0.85, BatchNorm shifts at 64 times the rate, a triangular schedule and logits
+    scaled by 1/9. For a mean loss over a batch of B that is lr = 11.5 * B / (1024 * (1 + 1 / (1 - 0.85)))
+    (1.5 at B = 1024) and an L2 weight decay of 0.0153 / 11.5, so that the weights shrink by the same
+    fraction per example as in airbench.
+    """
+    momentum = 0.85
+    return {"batch_size": batch_size, "lr": round(11.5 * batch_size / (1024 * (1 + 1 / (1 - momentum))), 6),
+            "momentum": momentum, "weight_decay": round(0.0153 / 11.5, 7), "bias_lr": 64.0,
+            "schedule": "triangle", "logit_scale": 1 / 9}
 
 
 @dataclass(frozen=True)
@@ -231,6 +237,7 @@ def default_ladder() -> list[Step]:
     """From model 3 one change at a time. The side branches test the author's hypothesis (fewer
     parameters) and dropout; the ladder then continues with a compact network and the training choices
     of fast CIFAR-10 trainers, each again one at a time."""
+    airbench = airbench_optimiser(1024)
     return [
         Step("model3", "model 3 as in the report"),
         Step("batchnorm", "+ batch normalisation", {"batchnorm": True}, "model3"),
@@ -249,8 +256,8 @@ def default_ladder() -> list[Step]:
         Step("smoothing_02", "+ label smoothing 0.2", {"label_smoothing": 0.2}, "short_shifts"),
         Step("airbench_init", "+ identity-initialised convolutions, fixed BN scales, fast BN statistics",
              {"dirac": True, "bn_scale": False, "bn_momentum": 0.6}, "smoothing_02"),
-        Step("airbench_opt", "+ airbench's optimiser settings (batch 1024, lr 1.5, 64x for BN shifts, "
-             "triangle schedule, logits / 9)", AIRBENCH_OPTIMISER, "airbench_init"),
+        Step("airbench_opt", f"+ airbench's optimiser settings (batch {airbench['batch_size']}, lr {airbench['lr']:g}, "
+             "64x for BN shifts, triangle schedule, logits / 9)", airbench, "airbench_init"),
         Step("lookahead", "+ lookahead weight averaging", {"lookahead": True}, "airbench_opt"),
         Step("tta_shift", "+ test-time shifts (6 views)", {"tta_shift": 2}, "lookahead"),
     ]
