@@ -79,6 +79,7 @@ def main(argv=None):
     if len(runs) == len(H.VARIANTS):
         table = H.results.summary_table(runs).reset_index(names="model")
         table["threads"] = [run.metrics["environment"]["threads"] for run in runs.values()]
+        table[["best epoch", "lowest loss epoch"]] = table[["best epoch", "lowest loss epoch"]].astype(int)
         keep = ["model", "best", "best epoch", "final", "lowest loss epoch", "author best", "author best epoch",
                 "author final", "author lowest loss epoch", "minutes", "median s/epoch", "threads"]
         first = next(iter(runs.values()))
