@@ -293,10 +293,15 @@ def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.O
     """
     shifts = {id(m.bias) for m in model.modules()
               if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.bias is not None}
-    trained = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in trained if id(p) not in shifts or config.bias_lr == 1]}]
-    if config.bias_lr != 1 and shifts:
-        groups.append({"params": [p for p in trained if id(p) in shifts], "lr": config.lr * config.bias_lr,
+    if config.bias_lr == 1:
+        shifts = set()
+    rest, fast = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (fast if id(p) in shifts else rest).append(p)
+    groups = [{"params": rest}]
+    if fast:
+        groups.append({"params": fast, "lr": config.lr * config.bias_lr,
                        "weight_decay": config.weight_decay / config.bias_lr})
     if config.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=True,
