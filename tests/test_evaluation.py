@@ -59,3 +59,20 @@ def test_test_time_views_average_the_flip_and_the_shifts():
     assert torch.allclose(H.predict(model, x), plain, atol=1e-6)
     assert torch.allclose(H.predict(model, x, tta_flip=True), (plain + flipped) / 2, atol=1e-6)
     assert torch.allclose(H.predict(model, x, tta_flip=True, tta_shift=2), six, atol=1e-5)
+
+
+def test_refreshed_batchnorm_measures_the_activations_without_dropout():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(H.models.Dropout(0.5), torch.nn.BatchNorm2d(3))
+    x = torch.randn(400, 3, 4, 4) * 2 + 1
+    model.train()
+    for start in range(0, 400, 50):        # training records statistics of the thinned activations
+        model(x[start:start + 50])
+    before = model[1].running_var.clone()
+    fresh = H.evaluation.refresh_batchnorm(model, x, batch_size=100)
+    assert torch.allclose(fresh[1].running_mean, x.mean((0, 2, 3)), atol=1e-4)
+    assert torch.allclose(fresh[1].running_var, x.var((0, 2, 3)), rtol=0.02)
+    assert (model[1].running_var > 1.3 * fresh[1].running_var).all()    # dropout inflated the recorded variance
+    assert torch.equal(model[1].running_var, before) and not fresh.training
+    with pytest.raises(ValueError, match="no BatchNorm"):
+        H.evaluation.refresh_batchnorm(torch.nn.Linear(3, 3), x)

@@ -105,6 +105,12 @@ def test_the_ladder_runs_tabulates_and_reuses_weights_for_evaluation_only_steps(
     assert math.isnan(rows.loc["base", "gain"]) and rows.loc["small", "parameters"] < rows.loc["bn", "parameters"]
     assert rows.loc["base", "train images"] == 200 and "val_acc" in histories["bn"]
 
+    refresh = S.batchnorm_refresh(table, fake_data, results_dir=tmp_path, calibration=50)
+    assert refresh["step"].tolist() == ["bn", "small"] and refresh["dropout"].all()   # base has no BatchNorm
+    assert refresh.set_index("step").loc["bn", "val acc"] == pytest.approx(rows.loc["bn", "val acc"])
+    assert (refresh["gain"] == refresh["val acc, statistics refreshed"] - refresh["val acc"]).all()
+    assert "the 2 BatchNorm models with dropout gain" in S.batchnorm_refresh_findings(refresh)
+
     configs = S.ladder_configs(steps, start)
     table = table.assign(**{"val acc": [50.0, 60.0, 70.0, 80.0], "s/epoch": [10.0, 10.0, 10.0, 100.0]})
     step, config, reason = S.choose_final(table, configs, epochs=3, budget_minutes=1.0, train_images=200)
