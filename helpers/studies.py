@@ -305,7 +305,8 @@ def run_ladder(steps: list[Step], start: TrainConfig, data: D.CIFAR10, results_d
         runs[step.name], histories[step.name] = run, hist
         rows.append({"step": step.name, "change": step.label, "branch": step.branch, "builds on": step.base or "",
                      "val acc": 100 * final_acc, "val loss": final_loss, "parameters": run.metrics["parameters"],
-                     "minutes": minutes, "s/epoch": float(hist["seconds"].median()), "epochs": len(hist),
+                     "minutes": minutes, "s/epoch": float(hist["seconds"].median()),
+                     "images/s": float(hist["images_per_s"].median()), "epochs": len(hist),
                      "train images": run.metrics["train_images"], "eval only": eval_only})
         print(f"{step.name:>11}: val accuracy {final_acc:.2%} after {len(hist)} epochs, "
               f"{run.metrics['parameters']:,} parameters, "
@@ -405,12 +406,13 @@ def hypothesis_verdict(table: pd.DataFrame) -> str:
 
 def choose_final(table: pd.DataFrame, configs: dict[str, TrainConfig], epochs: int, budget_minutes: float,
                  train_images: int, **overrides) -> tuple[str, TrainConfig, str]:
-    """The most accurate step on validation whose training, scaled to ``epochs`` epochs on
+    """The most accurate step on validation whose training, projected from its median training
+    throughput (images per second, without the ladder's per-epoch validation) to ``epochs`` epochs on
     ``train_images`` images, fits the budget; its configuration for the final run (all training images,
     the test set read once, after the last epoch; ``overrides`` such as a quick run's test_subset) and
     the reason in words."""
     t = table.copy()
-    t["projected minutes"] = t["s/epoch"] * epochs / 60 * train_images / t["train images"]
+    t["projected minutes"] = epochs * train_images / t["images/s"] / 60
     fits = t[t["projected minutes"] <= budget_minutes]
     if fits.empty:
         raise ValueError(f"no step fits {budget_minutes} minutes at {epochs} epochs; lower final_epochs")
@@ -420,7 +422,7 @@ def choose_final(table: pd.DataFrame, configs: dict[str, TrainConfig], epochs: i
     reason = (f"Step **{pick['step']}** ({pick['change']}) has the highest validation accuracy, "
               f"{pick['val acc']:.2f}%, among the steps whose training is projected to fit {budget_minutes:g} "
               f"minutes at {epochs} epochs on {train_images:,} images (projected {pick['projected minutes']:.1f} "
-              f"min from its median epoch time).")
+              f"min from its median training throughput, {pick['images/s']:.0f} images/s).")
     return pick["step"], config, reason
 
 

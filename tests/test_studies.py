@@ -112,7 +112,7 @@ def test_the_ladder_runs_tabulates_and_reuses_weights_for_evaluation_only_steps(
     assert "the 2 BatchNorm models with dropout gain" in S.batchnorm_refresh_findings(refresh)
 
     configs = S.ladder_configs(steps, start)
-    table = table.assign(**{"val acc": [50.0, 60.0, 70.0, 80.0], "s/epoch": [10.0, 10.0, 10.0, 100.0]})
+    table = table.assign(**{"val acc": [50.0, 60.0, 70.0, 80.0], "images/s": [20.0, 20.0, 20.0, 2.0]})
     step, config, reason = S.choose_final(table, configs, epochs=3, budget_minutes=1.0, train_images=200)
     assert step == "tta" and config.tta_flip and config.validation == 0 and config.epochs == 3
     assert not config.eval_each_epoch and "70.00%" in reason
