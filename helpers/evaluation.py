@@ -14,6 +14,12 @@ import torch
 import torch.nn.functional as F
 
 from .data import CLASSES
+from .models import batchnorm_layers
+
+
+def autocast(device: torch.device, precision: str):
+    """bf16 autocast for the forward pass; parameters, gradients and the loss stay fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 @contextlib.contextmanager
@@ -52,7 +58,7 @@ def predict(model, images: torch.Tensor, batch_size: int = 1000, precision: str 
             views = [xb] + ([_shift(xb, s, s) for s in (tta_shift, -tta_shift)] if tta_shift else [])
             if tta_flip:
                 views += [v.flip(3) for v in views]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            with autocast(device, precision):
                 logits = torch.stack([model(v).float() for v in views]).mean(0)
             outputs.append(logits)
     return torch.cat(outputs)
@@ -78,7 +84,7 @@ def refresh_batchnorm(model: torch.nn.Module, images: torch.Tensor, batch_size: 
     measures how much that mismatch costs. The model itself is left as it was.
     """
     fresh = copy.deepcopy(model)
-    norms = [m for m in fresh.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    norms = batchnorm_layers(fresh)
     if not norms:
         raise ValueError("the model has no BatchNorm layers whose statistics could be refreshed")
     fresh.eval()
@@ -89,7 +95,7 @@ def refresh_batchnorm(model: torch.nn.Module, images: torch.Tensor, batch_size: 
     device = _device_of(fresh)
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            with autocast(device, precision):
                 fresh(images[start:start + batch_size].to(device))
     return fresh.eval()
 

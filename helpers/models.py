@@ -63,6 +63,11 @@ class Dropout(nn.Dropout):
         return x * keep.to(x.dtype) * (1.0 / (1.0 - self.p))
 
 
+def batchnorm_layers(model: nn.Module) -> list[nn.Module]:
+    """Every BatchNorm layer of ``model``, in order."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
 def build_model(name: str, head: str = "linear", dropout: float = 0.5, batchnorm: bool = False,
                 width: float = 1.0, convs: int = 7, **compact_options) -> nn.Sequential:
     """One of the report's variants; ``head="author"`` keeps the 256-logit output of models 2 and 3.

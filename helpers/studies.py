@@ -18,7 +18,7 @@ import torch
 
 from . import data as D
 from .evaluation import evaluate, predict, refresh_batchnorm
-from .models import VARIANTS
+from .models import VARIANTS, batchnorm_layers
 from .results import overfits
 from .training import (Run, TrainConfig, _atomic_write, fit, load_run, pick_device, resolve_precision, save_json,
                        splits)
@@ -330,7 +330,7 @@ def batchnorm_refresh(table: pd.DataFrame, data: D.CIFAR10, results_dir="results
     rows = []
     for _, step in table[~table["eval only"].astype(bool)].iterrows():
         run = load_run(D.project_path(results_dir) / "ladder" / step["step"])
-        if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in run.model.modules()):
+        if not batchnorm_layers(run.model):
             continue
         train, val = splits(run.config, data)
         x, y = D.to_device(val, torch.device("cpu"))

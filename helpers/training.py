@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from . import data as D
-from .evaluation import evaluate
-from .models import build_model, count_parameters, whiten_stem
+from .evaluation import autocast, evaluate
+from .models import batchnorm_layers, build_model, count_parameters, whiten_stem
 
 
 
@@ -141,11 +141,6 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if device.type == "cpu":
         return "bf16" if cpu_has_native_bf16() else "fp32"
     return "fp32"
-
-
-def autocast(device: torch.device, precision: str):
-    """bf16 autocast for the forward pass; parameters, gradients and the loss stay fp32."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 def environment(device: torch.device) -> dict:
@@ -291,8 +286,7 @@ def make_optimizer(config: TrainConfig, model: torch.nn.Module) -> torch.optim.O
     and whose weight decay is divided by it, so that both groups decay by the same factor per step
     (as in airbench, where the shifts learn 64 times faster). Frozen parameters are left out.
     """
-    shifts = {id(m.bias) for m in model.modules()
-              if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.bias is not None}
+    shifts = {id(m.bias) for m in batchnorm_layers(model) if m.bias is not None}
     if config.bias_lr == 1:
         shifts = set()
     rest, fast = [], []
