@@ -23,8 +23,9 @@ AUTHOR = pd.DataFrame(
 
 
 def markdown_table(df: pd.DataFrame, floatfmt: str = "{:,.1f}") -> str:
-    """A pandas table as GitHub Markdown (without the optional tabulate dependency)."""
-    cell = lambda v: floatfmt.format(v) if isinstance(v, float) else str(v)  # noqa: E731
+    """A pandas table as GitHub Markdown (without the optional tabulate dependency); a missing number
+    (NaN, such as the gain of a ladder's first step) is an empty cell."""
+    cell = lambda v: ("" if v != v else floatfmt.format(v)) if isinstance(v, float) else str(v)  # noqa: E731
     lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
     return "\n".join(lines)

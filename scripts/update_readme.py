@@ -19,24 +19,42 @@ import helpers as H
 REPO = Path(__file__).resolve().parent.parent
 
 
+# The runs each follow-up notebook trains, as patterns under the results folder.
+STUDY_RUNS = {"07_authors_head": ["*_author_head"], "08_seeds": ["seeds/*"], "09_beyond_90": ["ladder/*", "final"]}
+
+
+def undisturbed_minutes(history: Path) -> float:
+    """A run's epochs times its median epoch: its time without the epochs slowed by other work."""
+    seconds = pd.read_csv(history)["seconds"]
+    return len(seconds) * seconds.median() / 60 if len(seconds) else 0.0
+
+
 def notebook_times(results: Path) -> str:
-    """Wall time of each notebook's last execution and, for the training notebooks, the time their run
-    takes undisturbed (epochs x median epoch): a notebook that loads a finished run takes seconds."""
+    """Wall time of each notebook's last execution and the time its training runs take undisturbed
+    (epochs x median epoch): a notebook that loads finished runs takes seconds or minutes."""
     rows = []
     for nb_path in sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")):
         meta = nbformat.read(nb_path, as_version=4).metadata.get("papermill", {})
         if not meta.get("duration"):
             continue
-        history = REPO / results / nb_path.stem.partition("_train_")[2] / "history.csv"
         training = ""
-        if "_train_" in nb_path.stem and history.exists():
-            seconds = pd.read_csv(history)["seconds"]
-            training = f"{len(seconds) * seconds.median() / 60:.0f} min ({len(seconds)} epochs)"
+        if "_train_" in nb_path.stem:
+            history = REPO / results / nb_path.stem.partition("_train_")[2] / "history.csv"
+            if history.exists():
+                epochs = len(pd.read_csv(history))
+                training = f"{undisturbed_minutes(history):.0f} min ({epochs} epochs)"
+        elif nb_path.stem in STUDY_RUNS:
+            histories = sorted(h for pattern in STUDY_RUNS[nb_path.stem]
+                               for h in (REPO / results).glob(f"{pattern}/history.csv"))
+            if histories:
+                minutes = sum(undisturbed_minutes(h) for h in histories)
+                training = (f"{minutes / 60:.1f} h" if minutes >= 90 else f"{minutes:.0f} min") + \
+                    f" ({len(histories)} runs)"
         rows.append(f"| `{nb_path.stem}` | {meta['duration'] / 60:.1f} min | {training} | "
                     f"{meta.get('end_time', '')[:10]} |")
     if not rows:
         return "_No executed notebooks yet._"
-    return "\n".join(["| notebook | last execution | its training run, undisturbed | executed |",
+    return "\n".join(["| notebook | last execution | its training runs, undisturbed | executed |",
                       "|---|---|---|---|", *rows])
 
 
@@ -49,13 +67,17 @@ def follow_up(results: Path) -> str:
         parts += [H.studies.final_summary(info, budget_minutes=20), ""]
     if (studies / "ladder.csv").exists():
         ladder = pd.read_csv(studies / "ladder.csv")
+        refresh = (pd.read_csv(studies / "batchnorm_refresh.csv")
+                   if (studies / "batchnorm_refresh.csv").exists() else None)
         parts += ["Ablation ladder (validation accuracy after the last epoch, 5,000 held-out training images; "
                   "indented rows are side branches from the last ladder step):", "",
                   H.results.markdown_table(ladder.assign(
                       change=["&nbsp;&nbsp;&nbsp;&nbsp;" * b + c for b, c in zip(ladder["branch"], ladder["change"])],
                       parameters=ladder["parameters"].map("{:,}".format))[
                       ["change", "val acc", "gain", "parameters", "minutes", "epochs"]]), "",
-                  H.studies.hypothesis_verdict(ladder),
+                  H.studies.hypothesis_verdict(ladder, refresh), "",
+                  "" if refresh is None else "**Why BatchNorm seems to hurt model 3.** "
+                  + H.studies.batchnorm_refresh_findings(refresh),
                   "", "![Ablation ladder](figures/ladder.png)", ""]
     if (studies / "seeds.csv").exists():
         seeds = pd.read_csv(studies / "seeds.csv")

@@ -44,6 +44,7 @@ def check_outputs(out: Path):
     assert len(refresh) and refresh["val acc, one view, statistics refreshed"].between(0, 100).all()
     final = json.loads((out / "results" / "studies" / "final.json").read_text())
     assert 0 <= final["test_acc"] <= 1 and final["epochs"] == 1
+    assert "The author's hypothesis" in (out / "notebooks" / "09_beyond_90.ipynb").read_text()
     made = {p.name for p in (out / "figures").iterdir()}
     assert {f"{name}.{ext}" for name in FIGURES for ext in ("png", "pdf")} <= made
     for nb in (out / "notebooks").glob("*.ipynb"):
@@ -71,7 +72,8 @@ def test_every_notebook_runs_on_generated_data(fake_root, tmp_path):
     update_readme = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(update_readme)
     text = update_readme.follow_up(tmp_path / "results")
-    for part in ("The final model", "Ablation ladder", "Seed study", "256-logit head", "figures/ladder.png"):
+    for part in ("The final model", "Ablation ladder", "The author's hypothesis", "Why BatchNorm seems to hurt",
+                 "Seed study", "256-logit head", "figures/ladder.png"):
         assert part in text
 
 

@@ -66,3 +66,9 @@ def test_differences_name_the_gap_and_the_measured_causes(tmp_path):
     text = results.differences(runs, tmp_path)
     assert "up to 1.5 points" in text and "up to about 3.5 points" in text
     assert "Beyond that: Average pooling;" in text
+
+
+def test_markdown_tables_format_numbers_and_leave_missing_ones_empty():
+    table = pd.DataFrame({"step": ["first", "second"], "gain": [float("nan"), 1.25], "n": [1, 2]})
+    assert results.markdown_table(table).splitlines() == [
+        "| step | gain | n |", "|---|---|---|", "| first |  | 1 |", "| second | 1.2 | 2 |"]

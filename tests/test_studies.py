@@ -139,3 +139,25 @@ def test_the_authors_head_puts_mass_on_outputs_that_are_no_class(fake_data, tmp_
     assert table["parameters"].tolist() == [1_132_842, 1_130_272]
     assert "256-logit head reaches" in S.head_findings(table)
     assert torch.isfinite(torch.tensor(table["final loss"].tolist())).all()
+
+
+def test_the_verdict_on_fewer_parameters_discounts_the_batchnorm_dropout_artefact():
+    # a cut that gains as trained only because its base's BatchNorm statistics were wrong
+    table = pd.DataFrame([
+        {"step": "model3", "change": "model 3", "branch": False, "builds on": "", "eval only": False,
+         "val acc": 75.0, "gain": math.nan, "parameters": 1000},
+        {"step": "bn", "change": "+ BN", "branch": False, "builds on": "model3", "eval only": False,
+         "val acc": 65.0, "gain": -10.0, "parameters": 1010},
+        {"step": "tta", "change": "+ flip", "branch": False, "builds on": "bn", "eval only": True,
+         "val acc": 66.0, "gain": 1.0, "parameters": 1010},
+        {"step": "cut", "change": "fewer layers", "branch": True, "builds on": "tta", "eval only": False,
+         "val acc": 72.0, "gain": 6.0, "parameters": 250}])
+    refresh = pd.DataFrame({"step": ["bn", "cut"], "val acc, one view, statistics refreshed": [82.0, 78.0]})
+    as_trained = S.hypothesis_verdict(table)
+    assert "As trained, the best parameter cut raises" in as_trained and "-75% parameters) +6.0 points" in as_trained
+    both = S.hypothesis_verdict(table, refresh)
+    assert both.startswith(as_trained.split(" The ladder")[0])
+    assert "without dropout (notebook 09's BatchNorm check, one view per image), the best cut lowers it" in both
+    assert "fewer layers 78.0% against 82.0% (-4.0 points)" in both     # the cut is compared with bn's weights
+    assert "to 66.0% (flip) with 1,010 parameters, 1.0 times model 3's 1,000" in both
+    assert S.hypothesis_verdict(table[table["step"] != "cut"]) == ""
