@@ -374,7 +374,7 @@ def ladder_findings(table: pd.DataFrame) -> str:
     branch_lines = []
     for _, r in table[table["branch"]].iterrows():
         base = rows.loc[r["builds on"]]
-        params = 100 * (r["parameters"] / base["parameters"] - 1)
+        params = _parameter_change(r, base)
         minutes = 100 * (r["minutes"] / base["minutes"] - 1) if base["minutes"] else math.nan
         branch_lines.append(f"- {r['change']} ({params:+.0f}% parameters, {minutes:+.0f}% training time): "
                             f"{r['gain']:+.1f} points (to {r['val acc']:.1f}%)")
@@ -385,6 +385,11 @@ def ladder_findings(table: pd.DataFrame) -> str:
 
 def _main_steps(table: pd.DataFrame) -> pd.DataFrame:
     return table[(~table["branch"].astype(bool)) & table["builds on"].fillna("").astype(bool)]
+
+
+def _parameter_change(step: pd.Series, base: pd.Series) -> float:
+    """How many percent more (or fewer) parameters ``step`` has than ``base``."""
+    return 100 * (step["parameters"] / base["parameters"] - 1)
 
 
 def _verdict(gain: float) -> str:
@@ -411,21 +416,21 @@ def hypothesis_verdict(table: pd.DataFrame, refresh: pd.DataFrame | None = None)
     if not cuts:
         return ""
     best = max(cuts, key=lambda r: r["gain"])
-    each = "; ".join(f"{r['change']} ({100 * (r['parameters'] / rows.loc[r['builds on'], 'parameters'] - 1):+.0f}% "
-                     f"parameters) {r['gain']:+.1f} points" for r in cuts)
+    each = "; ".join(f"{r['change']} ({_parameter_change(r, rows.loc[r['builds on']]):+.0f}% parameters) "
+                     f"{r['gain']:+.1f} points" for r in cuts)
     text = (f"**The author's hypothesis.** As trained, the best parameter cut {_verdict(best['gain'])} validation "
             f"accuracy: {each}.")
     if refresh is not None and len(refresh):
         refreshed = refresh.set_index("step")["val acc, one view, statistics refreshed"]
-        pairs = [(r, _trained_step(rows, r["step"]), _trained_step(rows, r["builds on"])) for r in cuts]
-        pairs = [(r, refreshed[c] - refreshed[b], refreshed[c], refreshed[b]) for r, c, b in pairs
-                 if c in refreshed and b in refreshed]
+        pairs = [(r["change"], refreshed.get(_trained_step(rows, r["step"])),
+                  refreshed.get(_trained_step(rows, r["builds on"]))) for r in cuts]
+        pairs = [(change, cut, base) for change, cut, base in pairs if cut is not None and base is not None]
         if pairs:
-            top = max(d for _, d, _, _ in pairs)
+            top = max(cut - base for _, cut, base in pairs)
             text += (f" With the BatchNorm statistics of every model measured without dropout (notebook 09's "
                      f"BatchNorm check, one view per image), the best cut {_verdict(top)} it: "
-                     + "; ".join(f"{r['change']} {c:.1f}% against {b:.1f}% ({d:+.1f} points)" for r, d, c, b in pairs)
-                     + ".")
+                     + "; ".join(f"{change} {cut:.1f}% against {base:.1f}% ({cut - base:+.1f} points)"
+                                 for change, cut, base in pairs) + ".")
     main = _main_steps(table)
     first, last = table.iloc[0], main.iloc[-1] if len(main) else table.iloc[0]
     return text + (f" The ladder took it from {first['val acc']:.1f}% ({first['change']}) to {last['val acc']:.1f}% "

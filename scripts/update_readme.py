@@ -23,10 +23,11 @@ REPO = Path(__file__).resolve().parent.parent
 STUDY_RUNS = {"07_authors_head": ["*_author_head"], "08_seeds": ["seeds/*"], "09_beyond_90": ["ladder/*", "final"]}
 
 
-def undisturbed_minutes(history: Path) -> float:
-    """A run's epochs times its median epoch: its time without the epochs slowed by other work."""
+def undisturbed(history: Path) -> tuple[int, float]:
+    """A run's epochs, and their number times its median epoch in minutes: its time without the epochs
+    slowed by other work."""
     seconds = pd.read_csv(history)["seconds"]
-    return len(seconds) * seconds.median() / 60 if len(seconds) else 0.0
+    return len(seconds), (len(seconds) * seconds.median() / 60 if len(seconds) else 0.0)
 
 
 def notebook_times(results: Path) -> str:
@@ -41,13 +42,13 @@ def notebook_times(results: Path) -> str:
         if "_train_" in nb_path.stem:
             history = REPO / results / nb_path.stem.partition("_train_")[2] / "history.csv"
             if history.exists():
-                epochs = len(pd.read_csv(history))
-                training = f"{undisturbed_minutes(history):.0f} min ({epochs} epochs)"
+                epochs, minutes = undisturbed(history)
+                training = f"{minutes:.0f} min ({epochs} epochs)"
         elif nb_path.stem in STUDY_RUNS:
             histories = sorted(h for pattern in STUDY_RUNS[nb_path.stem]
                                for h in (REPO / results).glob(f"{pattern}/history.csv"))
             if histories:
-                minutes = sum(undisturbed_minutes(h) for h in histories)
+                minutes = sum(undisturbed(h)[1] for h in histories)
                 training = (f"{minutes / 60:.1f} h" if minutes >= 90 else f"{minutes:.0f} min") + \
                     f" ({len(histories)} runs)"
         rows.append(f"| `{nb_path.stem}` | {meta['duration'] / 60:.1f} min | {training} | "
