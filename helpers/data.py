@@ -63,8 +63,13 @@ class CIFAR10:
 
     @property
     def source(self) -> str:
+        """Where the images came from, as a path relative to the repository when it lies inside it (so
+        results written on one machine do not carry that machine's folders), and whether they are official."""
         kind = "official archive" if self.official else "NOT the official archive (checksums differ)"
-        return f"{self.root / BATCH_DIR} ({kind})"
+        folder = self.root / BATCH_DIR
+        if folder.is_absolute() and folder.resolve().is_relative_to(REPO_ROOT.resolve()):
+            folder = folder.resolve().relative_to(REPO_ROOT.resolve())
+        return f"{folder} ({kind})"
 
 
 def project_path(path) -> Path:

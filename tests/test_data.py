@@ -22,6 +22,13 @@ def test_unofficial_copy_is_announced_once(tmp_path, capsys):
     assert capsys.readouterr().out.count("not the official CIFAR-10 archive") == 1
 
 
+def test_source_names_a_folder_inside_the_project_relative_to_it(fake_data):
+    inside = D.CIFAR10(fake_data.train, fake_data.test, D.REPO_ROOT / "data", official=True)
+    assert inside.source == "data/cifar-10-batches-py (official archive)"
+    outside = fake_data.source
+    assert outside.startswith(str(fake_data.root)) and outside.endswith("(NOT the official archive (checksums differ))")
+
+
 def test_env_var_sets_the_root(fake_root, monkeypatch):
     monkeypatch.setenv("CIFAR10_ROOT", str(fake_root))
     assert D.data_root() == fake_root.resolve()
