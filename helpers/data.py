@@ -66,9 +66,9 @@ class CIFAR10:
         """Where the images came from, as a path relative to the repository when it lies inside it (so
         results written on one machine do not carry that machine's folders), and whether they are official."""
         kind = "official archive" if self.official else "NOT the official archive (checksums differ)"
-        folder = self.root / BATCH_DIR
-        if folder.is_absolute() and folder.resolve().is_relative_to(REPO_ROOT.resolve()):
-            folder = folder.resolve().relative_to(REPO_ROOT.resolve())
+        folder = (self.root / BATCH_DIR).resolve()
+        if folder.is_relative_to(REPO_ROOT):      # REPO_ROOT is already resolved
+            folder = folder.relative_to(REPO_ROOT)
         return f"{folder} ({kind})"
 
 
