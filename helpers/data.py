@@ -63,13 +63,16 @@ class CIFAR10:
 
     @property
     def source(self) -> str:
-        """Where the images came from, as a path relative to the repository when it lies inside it (so
-        results written on one machine do not carry that machine's folders), and whether they are official."""
+        """Where the images came from (a folder as ``shown_path`` writes it) and whether they are official."""
         kind = "official archive" if self.official else "NOT the official archive (checksums differ)"
-        folder = (self.root / BATCH_DIR).resolve()
-        if folder.is_relative_to(REPO_ROOT):      # REPO_ROOT is already resolved
-            folder = folder.relative_to(REPO_ROOT)
-        return f"{folder} ({kind})"
+        return f"{shown_path(self.root / BATCH_DIR)} ({kind})"
+
+
+def shown_path(path) -> Path:
+    """A path as printed or stored in results: relative to the repository when it lies inside it (so
+    outputs written on one machine do not carry that machine's folders), else absolute."""
+    path = Path(path).resolve()
+    return path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path   # REPO_ROOT is resolved
 
 
 def project_path(path) -> Path:
@@ -99,7 +102,7 @@ def load_cifar10(root=None, download: bool = True, verbose: bool = True) -> CIFA
     official = _is_official(folder)
     if not official and verbose and str(folder) not in _warned_unofficial:
         _warned_unofficial.add(str(folder))
-        print(f"Note: {folder} is not the official CIFAR-10 archive (its MD5 sums differ). "
+        print(f"Note: {shown_path(folder)} is not the official CIFAR-10 archive (its MD5 sums differ). "
               "Results from it are not directly comparable with published CIFAR-10 numbers.")
     return CIFAR10(train, test, root, official)
 

@@ -377,7 +377,7 @@ def fit(config: TrainConfig, data: D.CIFAR10, run_name: str | None = None, resul
     if (path / "metrics.json").exists() and (path / "model.pt").exists():
         run = load_run(path)
         if verbose:
-            print(f"{path.name}: finished run found in {path}; loading it instead of training again.")
+            print(f"{path.name}: finished run found in {D.shown_path(path)}; loading it instead of training again.")
             for row in run.history.to_dict("records")[(0 if replay else -1):]:
                 print(_epoch_line(row, split, config.epochs))
         return run
@@ -417,7 +417,7 @@ def fit(config: TrainConfig, data: D.CIFAR10, run_name: str | None = None, resul
             lookahead.slow = ckpt.get("lookahead")
         history = ckpt["history"]
         if verbose:
-            print(f"{path.name}: resuming after epoch {len(history)} from {ckpt_file}; the epochs so far:")
+            print(f"{path.name}: resuming after epoch {len(history)} from {D.shown_path(ckpt_file)}; the epochs so far:")
             for row in history:
                 print(_epoch_line(row, split, config.epochs))
 

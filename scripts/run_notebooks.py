@@ -21,6 +21,8 @@ from pathlib import Path
 import nbformat
 import papermill as pm
 
+from helpers.data import shown_path
+
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 
@@ -32,6 +34,14 @@ def declared_parameters(path: Path) -> set[str]:
             return {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets
                     if isinstance(t, ast.Name)}
     return set()
+
+
+def record_paths(executed: Path, source: Path, target: Path) -> None:
+    """Papermill stores absolute paths, and the temporary output name, in the notebook's metadata;
+    store the paths relative to the project and the final name instead."""
+    nb = nbformat.read(executed, as_version=4)
+    nb.metadata.get("papermill", {}).update(input_path=str(shown_path(source)), output_path=str(shown_path(target)))
+    nbformat.write(nb, executed)
 
 
 def parse_value(text: str):
@@ -63,6 +73,7 @@ def main(argv=None) -> int:
         print(f"{nb.name}: running with {own or 'its defaults'}", flush=True)
         pm.execute_notebook(str(nb), str(running), parameters=own, cwd=str(NOTEBOOKS), progress_bar=False,
                             kernel_name="python3")
+        record_paths(running, source=nb, target=out)
         os.replace(running, out)
         print(f"{nb.name}: done in {time.perf_counter() - start:.0f} s -> {out}", flush=True)
     return 0

@@ -1,4 +1,5 @@
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,6 +28,7 @@ def test_source_names_a_folder_inside_the_project_relative_to_it(fake_data):
     assert inside.source == "data/cifar-10-batches-py (official archive)"
     outside = fake_data.source
     assert outside.startswith(str(fake_data.root)) and outside.endswith("(NOT the official archive (checksums differ))")
+    assert D.shown_path(D.REPO_ROOT / "results" / "fc") == Path("results/fc")
 
 
 def test_env_var_sets_the_root(fake_root, monkeypatch):

@@ -51,7 +51,9 @@ def check_outputs(out: Path):
         text = nb.read_text()
         assert nb.stat().st_size < 1_000_000, nb.name
         assert '"output_type": "error"' not in text and "widget-view" not in text, nb.name
-        tags = [c["metadata"].get("tags", []) for c in json.loads(text)["cells"]]
+        executed = json.loads(text)
+        tags = [c["metadata"].get("tags", []) for c in executed["cells"]]
+        assert Path(executed["metadata"]["papermill"]["output_path"]).name == nb.name   # not the temporary name
         assert ["parameters"] in tags, f"{nb.name} has no cell tagged 'parameters'"
 
 
