@@ -8,9 +8,11 @@ really changed.
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 
 import matplotlib
+import matplotlib.patches
 import matplotlib.pyplot as plt
 import matplotlib.ticker
 import numpy as np
@@ -154,9 +156,10 @@ def seed_bands(histories: dict, column: str, ax=None, ylabel: str | None = None,
 
 
 def ladder(table: pd.DataFrame):
-    """The ablation ladder: validation accuracy per step (ladder steps dark, side branches light), each bar
-    labelled with the step's parameters and training minutes."""
-    fig, ax = plt.subplots(figsize=(8.5, 0.45 * len(table) + 1.2))
+    """The ablation ladder: validation accuracy per step (ladder steps dark, side branches light and marked
+    with an arrow), each bar labelled with the step's parameters and training minutes."""
+    labels = [textwrap.fill(("↳ " if b else "") + c, 42) for b, c in zip(table["branch"], table["change"])]
+    fig, ax = plt.subplots(figsize=(11, sum(0.2 * (l.count("\n") + 1) + 0.25 for l in labels) + 1.2))
     y = range(len(table))[::-1]
     colors = ["tab:gray" if b else "tab:blue" for b in table["branch"]]
     ax.barh(list(y), table["val acc"], color=colors)
@@ -164,9 +167,12 @@ def ladder(table: pd.DataFrame):
     for yi, (_, row) in zip(y, table.iterrows()):
         ax.text(row["val acc"] + 0.3, yi, f"{row['val acc']:.1f}%  ·  {row['parameters'] / 1e6:.2f}M params  ·  "
                 f"{row['minutes']:.0f} min", va="center", fontsize=8)
-    ax.set_yticks(list(y), [("    " if b else "") + c for b, c in zip(table["branch"], table["change"])])
+    ax.set_yticks(list(y), labels, fontsize=9)
     ax.set_xlim(low, min(100.0, table["val acc"].max() + 12))
     ax.set_xlabel("validation accuracy after the last epoch (%)")
     ax.grid(axis="y", visible=False)
+    ax.legend(handles=[matplotlib.patches.Patch(color="tab:blue", label="ladder step (kept)"),
+                       matplotlib.patches.Patch(color="tab:gray", label="↳ side branch from the last ladder step above it (not kept)")],
+              loc="lower left", bbox_to_anchor=(0, 1), ncol=2, fontsize=8)
     fig.tight_layout()
     return fig
