@@ -116,7 +116,7 @@ def seed_checks(histories: dict) -> list[dict]:
         ("Best accuracy ranks FC < average pooling < average pooling + dropout",
          {s: b["fc"] < b["avgpool"] < b["avgpool_dropout"] for s, b in best.items()},
          {s: " < ".join(f"{b[v]:.1f}" for v in VARIANTS) for s, b in best.items()}),
-        ("The FC model overfits (test loss lowest early, then up by more than 10%)",
+        ("The FC model overfits (test loss lowest in the first half, then ends more than 10% above it)",
          {s: overfits(hs["fc"]["test_loss"], hs["fc"]["epoch"]) for s, hs in per_seed.items()},
          {s: _loss_story(hs["fc"]) for s, hs in per_seed.items()}),
         ("The average-pooling model overfits the same way",

@@ -37,6 +37,17 @@ def test_reversed_ranking_is_reported_as_not_holding():
     assert verdicts["The dropout model is the most accurate."] is False
 
 
+def test_overfitting_rule_scales_with_the_schedule():
+    e = pd.Series(np.arange(1, 31))
+    bottom_at_8 = pd.Series(np.where(e <= 8, 1.0 - 0.04 * e, 0.68 + 0.05 * (e - 8)))   # 30 epochs: low at 8, doubles
+    assert results.overfits(bottom_at_8, e)
+    assert not results.overfits(pd.Series(1.0 / e), e)                                   # keeps falling
+    late = pd.Series(np.where(e <= 25, 1.0 - 0.02 * e, 0.5 + 0.1 * (e - 25)))            # low at 25 of 30
+    assert not results.overfits(late, e)
+    flat = pd.Series(np.where(e <= 8, 1.0 - 0.04 * e, 0.68 + 0.001 * (e - 8)))         # ends within 10% of it
+    assert not results.overfits(flat, e)
+
+
 def test_findings_need_all_three_models():
     runs = _author_like()
     del runs["fc"]
