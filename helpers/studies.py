@@ -73,11 +73,11 @@ def seed_study(data: D.CIFAR10, seeds, epochs: int, results_dir="results", reuse
             if (longer / "metrics.json").exists():
                 hist = history_prefix(load_run(longer), config)
             if hist is not None:
-                source = f"first {epochs} epochs of {longer}"
+                source = f"first {epochs} epochs of {D.shown_path(longer)}"
             else:
                 run = fit(config, data, run_name=f"seeds/{config.default_name()}_{epochs}ep",
                           results_dir=results_dir, device=device, replay=False)
-                hist, source = run.history, str(run.path)
+                hist, source = run.history, str(D.shown_path(run.path))
             histories[variant, seed] = hist
             sources.append({"model": VARIANTS[variant], "seed": seed, "history from": source})
             print(f"{variant} seed {seed}: best test accuracy {hist['test_acc'].max():.2%}, "
