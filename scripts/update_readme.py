@@ -83,10 +83,14 @@ def follow_up(results: Path) -> str:
     if (studies / "seeds.csv").exists():
         seeds = pd.read_csv(studies / "seeds.csv")
         parts += [f"Seed study (test accuracy in percent over {int(seeds['seeds'].min())} seeds, the report's "
-                  "protocol on a shorter schedule, see notebook 08):", "",
+                  f"protocol on a shorter schedule of {int(seeds['epochs'].max())} epochs, see notebook 08):", "",
                   H.results.markdown_table(seeds[["model", "best mean", "best sd", "best min", "best max",
                                                   "final mean", "lowest loss epochs"]], "{:.2f}"), "",
-                  "![Seeds](figures/seeds.png)", ""]
+                  H.studies.seed_spread(seeds.set_index("model")), ""]
+        if (studies / "seed_checks.csv").exists():
+            checks = pd.read_csv(studies / "seed_checks.csv").to_dict("records")
+            parts += [H.studies.seed_checks_markdown(checks), ""]
+        parts += ["![Seeds](figures/seeds.png)", ""]
     if (studies / "heads.csv").exists():
         heads = pd.read_csv(studies / "heads.csv")
         parts += [H.studies.head_findings(heads), ""]
