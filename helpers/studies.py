@@ -159,11 +159,15 @@ def seed_spread(table: pd.DataFrame) -> str:
 # ---------------------------------------------------------------- the author's head
 
 def unused_logit_share(run: Run, images: torch.Tensor) -> dict:
-    """For a 256-logit model: the softmax mass it puts on the 246 outputs that are never a class, and how
-    often its arg-max falls there."""
-    probs = predict(run.model, images, precision=run.config.precision).softmax(1)
+    """For a 256-logit model: the softmax mass it puts on the 246 outputs that are never a class, how often
+    its arg-max falls there, and how large its outputs are (mean over images of the largest class output and
+    of the largest unused one; both come out of a ReLU, so 0 is the floor)."""
+    logits = predict(run.model, images, precision=run.config.precision).float()
+    probs = logits.softmax(1)
     return {"mass on unused outputs %": 100 * probs[:, 10:].sum(1).mean().item(),
-            "predictions outside 0-9 %": 100 * (probs.argmax(1) >= 10).float().mean().item()}
+            "predictions outside 0-9 %": 100 * (probs.argmax(1) >= 10).float().mean().item(),
+            "largest class output": logits[:, :10].max(1).values.mean().item(),
+            "largest unused output": logits[:, 10:].max(1).values.mean().item()}
 
 
 def head_table(pairs: dict[str, dict[str, Run]], test_images: torch.Tensor | None = None) -> pd.DataFrame:
@@ -172,7 +176,7 @@ def head_table(pairs: dict[str, dict[str, Run]], test_images: torch.Tensor | Non
     for model, runs in pairs.items():
         for head, run in runs.items():
             h = run.history
-            row = {"model": VARIANTS[model], "head": head, "parameters": run.metrics["parameters"],
+            row = {"model": VARIANTS[model], "head": head, "epochs": len(h), "parameters": run.metrics["parameters"],
                    "best acc": h["test_acc"].max() * 100, "best epoch": int(h.loc[h["test_acc"].idxmax(), "epoch"]),
                    "final acc": h["test_acc"].iloc[-1] * 100,
                    "lowest loss epoch": int(h.loc[h["test_loss"].idxmin(), "epoch"]),
@@ -201,6 +205,9 @@ def head_findings(table: pd.DataFrame) -> str:
         if pd.notna(auth.get("mass on unused outputs %")):
             text += (f" It puts {auth['mass on unused outputs %']:.3f}% of its softmax mass on the 246 outputs that "
                      f"are no class, and {auth['predictions outside 0-9 %']:.2f}% of its predictions land there.")
+        if pd.notna(auth.get("largest class output")):
+            text += (f" Its largest class output averages {auth['largest class output']:.1f} over the test images, "
+                     f"the largest of the unused ones {auth['largest unused output']:.2f}.")
         out.append(text)
     return "\n\n".join(out) or "_The comparison needs both heads of at least one model._"
 

@@ -63,6 +63,8 @@ def follow_up(results: Path) -> str:
     """The follow-up studies (notebooks 07 to 09) in a few lines, from results/studies/."""
     studies = REPO / results / "studies"
     parts = []
+    if (studies / "final.json").exists() or (studies / "ladder.csv").exists():
+        parts += ["### Past 90%", ""]
     if (studies / "final.json").exists():
         info = json.loads((studies / "final.json").read_text())
         parts += [H.studies.final_summary(info, budget_minutes=20), ""]
@@ -70,8 +72,9 @@ def follow_up(results: Path) -> str:
         ladder = pd.read_csv(studies / "ladder.csv")
         refresh = (pd.read_csv(studies / "batchnorm_refresh.csv")
                    if (studies / "batchnorm_refresh.csv").exists() else None)
-        parts += ["Ablation ladder (validation accuracy after the last epoch, 5,000 held-out training images; "
-                  "indented rows are side branches from the last ladder step):", "",
+        first = json.loads((REPO / results / "ladder" / ladder["step"].iloc[0] / "config.json").read_text())
+        parts += [f"Ablation ladder (validation accuracy after the last epoch, {first['validation']:,} held-out "
+                  "training images; indented rows are side branches from the last ladder step):", "",
                   H.results.markdown_table(ladder.assign(
                       change=["&nbsp;&nbsp;&nbsp;&nbsp;" * b + c for b, c in zip(ladder["branch"], ladder["change"])],
                       parameters=ladder["parameters"].map("{:,}".format))[
@@ -82,7 +85,8 @@ def follow_up(results: Path) -> str:
                   "", "![Ablation ladder](figures/ladder.png)", ""]
     if (studies / "seeds.csv").exists():
         seeds = pd.read_csv(studies / "seeds.csv")
-        parts += [f"Seed study (test accuracy in percent over {int(seeds['seeds'].min())} seeds, the report's "
+        parts += ["### One run is not a result", "",
+                  f"Seed study (test accuracy in percent over {int(seeds['seeds'].min())} seeds, the report's "
                   f"protocol on a shorter schedule of {int(seeds['epochs'].max())} epochs, see notebook 08):", "",
                   H.results.markdown_table(seeds[["model", "best mean", "best sd", "best min", "best max",
                                                   "final mean", "lowest loss epochs"]], "{:.2f}"), "",
@@ -93,7 +97,10 @@ def follow_up(results: Path) -> str:
         parts += ["![Seeds](figures/seeds.png)", ""]
     if (studies / "heads.csv").exists():
         heads = pd.read_csv(studies / "heads.csv")
-        parts += [H.studies.head_findings(heads), ""]
+        parts += ["### The author's 256-logit head", "",
+                  f"Models 2 and 3 trained once more with the author's output ({int(heads['epochs'].max())} epochs, "
+                  "same seed, notebook 07) against the 10-way head:", "", H.studies.head_findings(heads), "",
+                  "![The author's head](figures/author_head.png)", ""]
     return "\n".join(parts).strip() or "_The follow-up studies have not been run yet (notebooks 07 to 09)._"
 
 

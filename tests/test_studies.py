@@ -134,6 +134,7 @@ def test_the_authors_head_puts_mass_on_outputs_that_are_no_class(fake_data, tmp_
     run = _fit(fake_data, tmp_path, "author", model="avgpool", head="author", epochs=1)
     share = S.unused_logit_share(run, H.normalize(fake_data.test.images[:50]))
     assert 0 <= share["mass on unused outputs %"] < 100 and 0 <= share["predictions outside 0-9 %"] <= 100
+    assert share["largest class output"] >= 0 and share["largest unused output"] >= 0   # ReLU outputs
     ten = _fit(fake_data, tmp_path, "ten", model="avgpool", epochs=1)
     table = S.head_table({"avgpool": {"10-way": ten, "author": run}}, H.normalize(fake_data.test.images[:50]))
     assert table["parameters"].tolist() == [1_132_842, 1_130_272]
