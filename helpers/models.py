@@ -12,11 +12,11 @@ They differ only in what follows:
 About the average-pooling head: the author's notebook fed the 256 pooled values
 straight into the cross-entropy loss, i.e. a 256-way classifier of which only
 ten outputs are ever a target. It trains, because the loss pushes the 246
-unused logits down (to zero at most: they come out of a ReLU), but it is not a
-10-class model and its softmax is spread over classes that do not exist. By default the pooled features therefore go
-through a Linear 256->10 layer (+2,570 parameters, which brings the count to
-exactly the 1,132,842 the author reported). ``head="author"`` reproduces the
-original 256-logit output.
+unused logits down (to zero at most: they come out of a ReLU), but it is not
+a 10-class model and its softmax is spread over classes that do not exist. By
+default the pooled features therefore go through a Linear 256->10 layer
+(+2,570 parameters, which brings the count to exactly the 1,132,842 the author
+reported). ``head="author"`` reproduces the original 256-logit output.
 
 Beyond the report (notebook 09): ``convs`` keeps only the first 5 or 6
 convolutions of an average-pooling model, and ``compact`` is a different,

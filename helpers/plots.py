@@ -171,8 +171,9 @@ def ladder(table: pd.DataFrame):
     ax.set_xlim(low, min(100.0, table["val acc"].max() + 12))
     ax.set_xlabel("validation accuracy after the last epoch (%)")
     ax.grid(axis="y", visible=False)
-    ax.legend(handles=[matplotlib.patches.Patch(color="tab:blue", label="ladder step (kept)"),
-                       matplotlib.patches.Patch(color="tab:gray", label="↳ side branch from the last ladder step above it (not kept)")],
+    kept = matplotlib.patches.Patch(color="tab:blue", label="ladder step (kept)")
+    branch = matplotlib.patches.Patch(color="tab:gray", label="↳ side branch from the last ladder step above it (not kept)")
+    ax.legend(handles=[kept, branch],
               loc="lower left", bbox_to_anchor=(0, 1), ncol=2, fontsize=8)
     fig.tight_layout()
     return fig

@@ -96,7 +96,8 @@ def seed_table(histories: dict) -> pd.DataFrame:
         best = pd.Series([h["test_acc"].max() * 100 for h in hs])
         final = pd.Series([h["test_acc"].iloc[-1] * 100 for h in hs])
         rows[VARIANTS[variant]] = {
-            "seeds": len(hs), "epochs": max(len(h) for h in hs), "best mean": best.mean(), "best sd": best.std(ddof=1) if len(hs) > 1 else math.nan,
+            "seeds": len(hs), "epochs": max(len(h) for h in hs),
+            "best mean": best.mean(), "best sd": best.std(ddof=1) if len(hs) > 1 else math.nan,
             "best min": best.min(), "best max": best.max(), "final mean": final.mean(),
             "final sd": final.std(ddof=1) if len(hs) > 1 else math.nan,
             "lowest loss epochs": ", ".join(str(int(h.loc[h["test_loss"].idxmin(), "epoch"])) for h in hs),
