@@ -172,8 +172,8 @@ def ladder(table: pd.DataFrame):
     ax.set_xlabel("validation accuracy after the last epoch (%)")
     ax.grid(axis="y", visible=False)
     kept = matplotlib.patches.Patch(color="tab:blue", label="ladder step (kept)")
-    branch = matplotlib.patches.Patch(color="tab:gray", label="↳ side branch from the last ladder step above it (not kept)")
-    ax.legend(handles=[kept, branch],
-              loc="lower left", bbox_to_anchor=(0, 1), ncol=2, fontsize=8)
+    branch = matplotlib.patches.Patch(color="tab:gray",
+                                      label="↳ side branch from the last ladder step above it (not kept)")
+    ax.legend(handles=[kept, branch], loc="lower left", bbox_to_anchor=(0, 1), ncol=2, fontsize=8)
     fig.tight_layout()
     return fig

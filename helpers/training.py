@@ -417,7 +417,8 @@ def fit(config: TrainConfig, data: D.CIFAR10, run_name: str | None = None, resul
             lookahead.slow = ckpt.get("lookahead")
         history = ckpt["history"]
         if verbose:
-            print(f"{path.name}: resuming after epoch {len(history)} from {D.shown_path(ckpt_file)}; the epochs so far:")
+            print(f"{path.name}: resuming after epoch {len(history)} from {D.shown_path(ckpt_file)}; "
+                  "the epochs so far:")
             for row in history:
                 print(_epoch_line(row, split, config.epochs))
 
