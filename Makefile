@@ -1,6 +1,7 @@
 # make test    - create .venv if needed, then run the test suite (offline, no CIFAR-10 needed)
-# make report  - get the data and execute every notebook in order, in place (full protocol);
-#                ONLY="01 06" limits it to some notebooks, RESULTS=dir trains into another folder
+# make test-quick - the tests without the slow ones (notebooks, subprocesses): a first check in a minute or two
+# make report  - get the data and execute every notebook in order, in place (full protocol), then rewrite
+#                the README's results; ONLY="01 06" limits it to some notebooks, RESULTS=dir trains into another folder
 # make quick   - a short CPU version (subset, few epochs) into build/quick, results-quick, figures-quick
 # make html    - export the executed notebooks to HTML in build/html
 # make bench   - training-speed benchmark (benchmarks/README.md)
@@ -13,7 +14,7 @@ ONLY ?=
 QUICK_PARAMS := -p epochs 3 -p train_subset 5000 -p test_subset 1000 -p results_dir results-quick -p figures_dir figures-quick \
 	-p seed_epochs 2 -p ladder_epochs 2 -p final_epochs 2
 
-.PHONY: venv test data report quick html bench clean-quick
+.PHONY: venv test test-quick data report quick html bench clean-quick
 
 venv: $(STAMP)
 $(STAMP): requirements.txt pyproject.toml
@@ -27,8 +28,11 @@ $(STAMP): requirements.txt pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -q
 
+test-quick: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
 data: $(STAMP)
-	$(PY) -c "import helpers; d = helpers.load_cifar10(); print(d.source)"
+	@$(PY) scripts/get_data.py
 
 report: data
 	TQDM_DISABLE=1 $(PY) scripts/run_notebooks.py --in-place -p results_dir $(RESULTS) $(if $(ONLY),--only $(ONLY))

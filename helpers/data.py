@@ -21,7 +21,8 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from .files import REPO_ROOT, project_path, shown_path  # noqa: F401  (re-exported: older code imports them here)
+
 BATCH_DIR = "cifar-10-batches-py"
 TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]
 TEST_FILES = ["test_batch"]
@@ -68,32 +69,34 @@ class CIFAR10:
         return f"{shown_path(self.root / BATCH_DIR)} ({kind})"
 
 
-def shown_path(path) -> Path:
-    """A path as printed or stored in results: relative to the repository when it lies inside it (so
-    outputs written on one machine do not carry that machine's folders), else absolute."""
-    path = Path(path).resolve()
-    return path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path   # REPO_ROOT is resolved
-
-
-def project_path(path) -> Path:
-    """A path as given if absolute, else relative to the repository root (not the working directory,
-    which is ``notebooks/`` when a notebook runs)."""
-    path = Path(path).expanduser()
-    return path if path.is_absolute() else REPO_ROOT / path
-
-
 def data_root(root: str | os.PathLike | None = None) -> Path:
     """The folder that holds ``cifar-10-batches-py/``: argument, then $CIFAR10_ROOT, then ``data/``."""
     if root is None:
-        root = os.environ.get("CIFAR10_ROOT") or REPO_ROOT / "data"
+        env = os.environ.get("CIFAR10_ROOT")
+        if env:
+            path = project_path(env).resolve()
+            if not path.is_dir():
+                raise DataError(f"CIFAR10_ROOT={env} is not an existing folder. Point it at the folder that holds "
+                                f"{BATCH_DIR}/, or unset it to use data/ in the project (downloaded if missing).")
+            return path
+        root = REPO_ROOT / "data"
     return project_path(root).resolve()
 
 
 def load_cifar10(root=None, download: bool = True, verbose: bool = True) -> CIFAR10:
     """Read all 60,000 images into memory, downloading the official archive if absent."""
     root = data_root(root)
+    if root.exists() and not root.is_dir():
+        raise DataError(f"the data root {shown_path(root)} is a file, not a folder. Give a folder that holds "
+                        f"{BATCH_DIR}/ (or will, after the download).")
     folder = root / BATCH_DIR
-    if not all((folder / name).exists() for name in TRAIN_FILES + TEST_FILES):
+    present = [name for name in TRAIN_FILES + TEST_FILES if (folder / name).exists()]
+    if present and len(present) < len(TRAIN_FILES + TEST_FILES):
+        missing = [name for name in TRAIN_FILES + TEST_FILES if name not in present]
+        raise DataError(f"{shown_path(folder)} is incomplete: {', '.join(missing)} "
+                        f"{'is' if len(missing) == 1 else 'are'} missing. Copy the missing file(s) from the archive "
+                        f"({ARCHIVE_URL}), or point CIFAR10_ROOT at a complete copy.")
+    if not present:
         if not download:
             raise DataError(_missing_message(root, "download=False was given"))
         _download(root)
@@ -108,7 +111,7 @@ def load_cifar10(root=None, download: bool = True, verbose: bool = True) -> CIFA
 
 
 def _missing_message(root: Path, why: str) -> str:
-    return (f"CIFAR-10 was not found in {root / BATCH_DIR} and could not be downloaded ({why}).\n"
+    return (f"CIFAR-10 was not found in {shown_path(root / BATCH_DIR)} and could not be downloaded ({why}).\n"
             f"Either set CIFAR10_ROOT to a folder that contains {BATCH_DIR}/, or download "
             f"{ARCHIVE_URL} by hand and unpack it into {root} (tar xzf cifar-10-python.tar.gz -C {root}).")
 
@@ -116,39 +119,83 @@ def _missing_message(root: Path, why: str) -> str:
 def _download(root: Path) -> None:
     from torchvision.datasets import CIFAR10 as TV
     from torchvision.datasets.utils import download_and_extract_archive
-    root.mkdir(parents=True, exist_ok=True)
     try:
+        root.mkdir(parents=True, exist_ok=True)
         download_and_extract_archive(TV.url, str(root), filename=TV.filename, md5=TV.tgz_md5)
-    except Exception as exc:  # network errors come in many types; all mean the same to the user
+    except Exception as exc:  # network and file-system errors come in many types; all mean the same to the user
         raise DataError(_missing_message(root, f"{type(exc).__name__}: {exc}")) from None
 
 
+class _BatchUnpickler(pickle.Unpickler):
+    """Reads a CIFAR-10 batch and nothing else: a pickle may name any function to call while it loads,
+    so only the numpy array pieces that the format uses are let through."""
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it asks to load {module}.{name}, which is not part of the CIFAR-10 "
+                                         "format (refused: loading it could run code)")
+        import numpy
+        if module == "numpy":
+            return getattr(numpy, name)
+        multiarray = getattr(numpy, "_core", None) or numpy.core
+        return getattr(multiarray.multiarray, name)
+
+
 def _read_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    import numpy as np
+    again = f"Replace it with the file from the official archive ({ARCHIVE_URL}), or point CIFAR10_ROOT at a good copy."
     try:
         with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="latin1")
+            batch = _BatchUnpickler(f, encoding="latin1").load()
+    except IsADirectoryError:
+        raise DataError(f"{shown_path(path)} is a folder, not a CIFAR-10 batch file. {again}") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
             IndexError, KeyError, MemoryError) as exc:
-        raise DataError(f"{path} is truncated or corrupt ({type(exc).__name__}: {exc}). "
-                        f"Delete {path.parent} and run again to download a fresh copy.") from None
+        raise DataError(f"{shown_path(path)} is truncated, corrupt or not a CIFAR-10 batch "
+                        f"({type(exc).__name__}: {exc}). {again}") from None
     if not isinstance(batch, dict) or "data" not in batch or "labels" not in batch:
-        raise DataError(f"{path} is not a CIFAR-10 batch: expected a dict with 'data' and 'labels'. "
-                        f"Delete {path.parent} and run again to download a fresh copy.")
-    data = torch.as_tensor(batch["data"])
-    labels = torch.as_tensor(batch["labels"], dtype=torch.int64)
-    if data.dtype != torch.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise DataError(f"{path}: expected uint8 image rows of 3072 values (3x32x32), "
-                        f"got {data.dtype} with shape {tuple(data.shape)}.")
+        raise DataError(f"{shown_path(path)} is not a CIFAR-10 batch: expected a dict with 'data' and 'labels'. {again}")
+    raw, raw_labels = batch["data"], batch["labels"]
+    if not isinstance(raw, np.ndarray):
+        raise DataError(f"{shown_path(path)}: 'data' must be a numpy array of images, got {type(raw).__name__}. {again}")
+    if raw.ndim == 4 and raw.shape[1:] == (32, 32, 3):
+        raise DataError(f"{shown_path(path)}: the images are stored channel-last, {raw.shape}; CIFAR-10 stores each "
+                        "image as one row of 3072 values, the red, green and blue planes one after the other "
+                        "(reshape with images.transpose(0, 3, 1, 2).reshape(len(images), -1)).")
+    if raw.dtype != np.uint8 or raw.ndim != 2 or raw.shape[1] != 3 * 32 * 32:
+        raise DataError(f"{shown_path(path)}: expected uint8 image rows of 3072 values (3x32x32), "
+                        f"got {raw.dtype} with shape {raw.shape}. {again}")
+    labels_array = np.asarray(raw_labels)
+    if labels_array.size == 0:
+        labels_array = labels_array.astype(np.int64)     # an empty list has no type; the count check names it
+    if labels_array.ndim != 1 or not np.issubdtype(labels_array.dtype, np.integer):
+        kind = labels_array.dtype if labels_array.ndim == 1 else f"shape {labels_array.shape}"
+        raise DataError(f"{shown_path(path)}: labels must be a list of integers 0-9, got {kind} "
+                        f"(first: {labels_array.ravel()[:3].tolist()}). {again}")
+    data = torch.from_numpy(raw.copy())
+    labels = torch.from_numpy(labels_array.astype(np.int64))
     if labels.shape != (data.shape[0],):
-        raise DataError(f"{path}: {data.shape[0]} images but {labels.numel()} labels.")
+        raise DataError(f"{shown_path(path)}: {data.shape[0]} images but {labels.numel()} labels. {again}")
     if labels.numel() and (labels.min() < 0 or labels.max() > 9):
-        raise DataError(f"{path}: labels must lie in 0..9, found {labels.min()}..{labels.max()}.")
+        raise DataError(f"{shown_path(path)}: labels must lie in 0..9, found {labels.min()}..{labels.max()}. {again}")
     return data.view(-1, 3, 32, 32), labels
 
 
 def _read_split(folder: Path, names: list[str]) -> Split:
     parts = [_read_batch(folder / name) for name in names]
-    return Split(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+    split = Split(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+    where = shown_path(folder / names[0]) if len(names) == 1 else f"{shown_path(folder)}/{names[0][:-2]}_*"
+    if not len(split):
+        raise DataError(f"{where} holds no images. Replace it with the file from the official archive ({ARCHIVE_URL}).")
+    counts = split.labels.bincount(minlength=10)
+    if (counts == 0).any():
+        absent = [CLASSES[c] for c in (counts == 0).nonzero().flatten().tolist()]
+        raise DataError(f"{where} has no image of class {', '.join(absent)} ({len(split):,} images in all): "
+                        f"the files are incomplete or not CIFAR-10. Replace them from the official archive ({ARCHIVE_URL}).")
+    return split
 
 
 def _is_official(folder: Path) -> bool:

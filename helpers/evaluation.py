@@ -33,7 +33,7 @@ def eval_mode(model: torch.nn.Module):
         model.train(was_training)
 
 
-def _device_of(model: torch.nn.Module) -> torch.device:
+def device_of(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
@@ -50,7 +50,7 @@ def predict(model, images: torch.Tensor, batch_size: int = 1000, precision: str 
     """Logits (float32) for normalised ``images``, computed on the model's device.
     ``tta_flip`` averages the logits of each image and its mirror image; ``tta_shift`` > 0 also averages
     in copies moved by that many pixels up-left and down-right (six views with the flip)."""
-    device = _device_of(model)
+    device = device_of(model)
     outputs = []
     with eval_mode(model):
         for start in range(0, len(images), batch_size):
@@ -92,7 +92,7 @@ def refresh_batchnorm(model: torch.nn.Module, images: torch.Tensor, batch_size: 
         m.reset_running_stats()
         m.momentum = None           # a cumulative average: every batch counts the same
         m.train()
-    device = _device_of(fresh)
+    device = device_of(fresh)
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
             with autocast(device, precision):

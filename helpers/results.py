@@ -1,18 +1,23 @@
 """Finished runs into tables and sentences: the comparison with the author and
-each of the author's findings checked against the numbers.
+each of the author's findings checked against the numbers, and the runs' test predictions
+(measured once, kept beside each run).
 
 Every number that the analysis notebook writes in prose comes from here, read
 from ``results/``, so the text cannot disagree with the data.
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pandas as pd
+import torch
 
 from .data import project_path
+from .evaluation import predict
+from .files import cached
 from .models import VARIANTS
-from .training import Run, load_run
+from .training import Run, load_run, runnable_precision
 
 # The original report's results (SPEC.md): one unseeded run per model on a Colab GPU.
 AUTHOR = pd.DataFrame(
@@ -54,6 +59,22 @@ def load_runs(results_dir="results", names=tuple(VARIANTS)) -> dict[str, Run]:
         except FileNotFoundError as exc:
             print(f"skipped {name}: {exc}")
     return runs
+
+
+def test_predictions(run: Run, images: torch.Tensor, device=None) -> torch.Tensor:
+    """The class ``run``'s final weights predict for each of ``images`` (normalised), with the run's own
+    test-time options. Measured once and kept beside the run (``test_predictions.json``, with the
+    precision it was computed in), keyed by the images, so a re-render reads it back."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    def measure():
+        precision = runnable_precision(run.config.precision, device)
+        logits = predict(run.model.to(device), images, precision=precision, tta_flip=run.config.tta_flip,
+                         tta_shift=run.config.tta_shift)
+        run.model.cpu()
+        return {"predicted": logits.argmax(1).cpu().tolist(), "precision": precision}
+    key = {"images": hashlib.sha1(images.cpu().contiguous().numpy().tobytes()).hexdigest(),
+           "config": run.config.identity()}
+    return torch.tensor(cached(run.path / "test_predictions.json", key, measure)["predicted"])
 
 
 def _split(run: Run) -> str:
@@ -258,8 +279,11 @@ def differences(runs: dict[str, Run], results_dir="results") -> str:
                   for m in heads.index.get_level_values(0).unique() if (m, "author") in heads and (m, "10-way") in heads]
         causes.append("**Head.** The author's 256-logit head instead of our 10-way head changes the best accuracy "
                       f"by {', '.join(deltas)} (notebook 07).")
-    causes.append("**Precision.** These runs use bf16 autocast; the fp32 against bf16 parity runs in "
-                  "`benchmarks/README.md` differ by about as much as two seeds do.")
+    precisions = sorted({r.config.precision for r in runs.values()})
+    causes.append(f"**Precision.** These runs were computed in {' and '.join(precisions)}"
+                  + (" (bf16 autocast for the forward pass); the fp32 against bf16 parity runs in "
+                     "`benchmarks/README.md` differ by about as much as two seeds do." if "bf16" in precisions else
+                     ", as the author's were."))
     text = "\n".join(lines) + "\n\nKnown causes of a difference:\n\n" + "\n".join(f"- {c}" for c in causes)
     if spread is not None:
         band = spread + (0 if official else JPEG_COST)

@@ -9,6 +9,7 @@ Like ``results``, every number these functions put in a sentence is read from fi
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +18,12 @@ import pandas as pd
 import torch
 
 from . import data as D
-from .evaluation import evaluate, predict, refresh_batchnorm
+from .evaluation import device_of, evaluate, predict, refresh_batchnorm
 from .models import VARIANTS, batchnorm_layers
 from .results import overfits
-from .training import (Run, TrainConfig, _atomic_write, fit, load_run, pick_device, resolve_precision, save_json,
-                       splits)
+from .files import atomic_write, cached, save_json
+from .training import Run, TrainConfig, fit, load_run, pick_device, resolve_precision, runnable_precision, splits
+
 
 # ---------------------------------------------------------------- saving
 
@@ -35,7 +37,7 @@ def save_table(table: pd.DataFrame, name: str, results_dir="results") -> Path:
     """Write a study's table to ``results_dir/studies/<name>.csv`` (atomically), for the README and readers."""
     path = _studies_folder(results_dir) / f"{name}.csv"
     index = table.index.name is not None or not isinstance(table.index, pd.RangeIndex)
-    _atomic_write(path, lambda f: f.write(table.to_csv(index=index).encode()))
+    atomic_write(path, lambda f: f.write(table.to_csv(index=index).encode()))
     return path
 
 
@@ -48,8 +50,7 @@ def history_prefix(longer: Run, config: TrainConfig) -> pd.DataFrame | None:
     constant and the model is evaluated every epoch: then nothing in the first N epochs depends on the
     total, and a shorter run repeats them bit for bit (tests/test_studies.py checks this).
     """
-    a, b = dataclasses.asdict(longer.config), dataclasses.asdict(config)
-    same = all(a[k] == b[k] for k in a if k != "epochs")
+    same = set(longer.config.differences(config)) <= {"epochs"}   # precision aside: it says how, not what
     if not same or config.schedule != "constant" or not config.eval_each_epoch or len(longer.history) < config.epochs:
         return None
     return longer.history.iloc[:config.epochs].reset_index(drop=True)
@@ -75,8 +76,9 @@ def seed_study(data: D.CIFAR10, seeds, epochs: int, results_dir="results", reuse
             if hist is not None:
                 source = f"first {epochs} epochs of {D.shown_path(longer)}"
             else:
-                run = fit(config, data, run_name=f"seeds/{config.default_name()}_{epochs}ep",
-                          results_dir=results_dir, device=device, replay=False)
+                name = f"seeds/{config.default_name()}_{epochs}ep"
+                run = fit(config, data, run_name=name, results_dir=results_dir, device=device,
+                          verbose=not (D.project_path(results_dir) / name / "metrics.json").exists())
                 hist, source = run.history, str(D.shown_path(run.path))
             histories[variant, seed] = hist
             sources.append({"model": VARIANTS[variant], "seed": seed, "history from": source})
@@ -162,13 +164,20 @@ def seed_spread(table: pd.DataFrame) -> str:
 def unused_logit_share(run: Run, images: torch.Tensor) -> dict:
     """For a 256-logit model: the softmax mass it puts on the 246 outputs that are never a class, how often
     its arg-max falls there, and how large its outputs are (mean over images of the largest class output and
-    of the largest unused one; both come out of a ReLU, so 0 is the floor)."""
-    logits = predict(run.model, images, precision=run.config.precision).float()
-    probs = logits.softmax(1)
-    return {"mass on unused outputs %": 100 * probs[:, 10:].sum(1).mean().item(),
-            "predictions outside 0-9 %": 100 * (probs.argmax(1) >= 10).float().mean().item(),
-            "largest class output": logits[:, :10].max(1).values.mean().item(),
-            "largest unused output": logits[:, 10:].max(1).values.mean().item()}
+    of the largest unused one; both come out of a ReLU, so 0 is the floor). Measured once and kept beside
+    the run (``unused_outputs.json``, keyed by the images)."""
+    def measure():
+        precision = runnable_precision(run.config.precision, device_of(run.model))
+        logits = predict(run.model, images, precision=precision).float()
+        probs = logits.softmax(1)
+        return {"mass on unused outputs %": 100 * probs[:, 10:].sum(1).mean().item(),
+                "predictions outside 0-9 %": 100 * (probs.argmax(1) >= 10).float().mean().item(),
+                "largest class output": logits[:, :10].max(1).values.mean().item(),
+                "largest unused output": logits[:, 10:].max(1).values.mean().item(), "precision": precision}
+    key = {"images": hashlib.sha1(images.cpu().contiguous().numpy().tobytes()).hexdigest(),
+           "config": run.config.identity()}
+    measured = cached(run.path / "unused_outputs.json", key, measure)
+    return {k: v for k, v in measured.items() if k != "precision"}
 
 
 def head_table(pairs: dict[str, dict[str, Run]], test_images: torch.Tensor | None = None) -> pd.DataFrame:
@@ -297,16 +306,14 @@ def run_ladder(steps: list[Step], start: TrainConfig, data: D.CIFAR10, results_d
         eval_only = step.base is not None and set(step.changes) <= EVAL_ONLY
         if eval_only:
             base = runs[step.base]
-            _, val = splits(config, data)
-            x, y = D.to_device(val, torch.device("cpu"))
-            ev = evaluate(base.model, x, y, precision=base.config.precision, tta_flip=config.tta_flip,
-                          tta_shift=config.tta_shift)
+            ev = _evaluate_step(base, config, data, D.project_path(results_dir) / "ladder" / step.name, device)
             hist = base.history.copy()
             final_acc, final_loss, minutes = ev["accuracy"], ev["loss"], base.history["seconds"].sum() / 60
             run = base
         else:
+            folder = D.project_path(results_dir) / "ladder" / step.name
             run = fit(config, data, run_name=f"ladder/{step.name}", results_dir=results_dir, device=device,
-                      replay=False)
+                      verbose=not (folder / "metrics.json").exists())   # a loaded step: the line below is enough
             hist = run.history
             final_acc, final_loss = hist["val_acc"].iloc[-1], hist["val_loss"].iloc[-1]
             minutes = hist["seconds"].sum() / 60
@@ -327,8 +334,25 @@ def run_ladder(steps: list[Step], start: TrainConfig, data: D.CIFAR10, results_d
     return table, histories
 
 
+def _evaluate_step(base: Run, config: TrainConfig, data: D.CIFAR10, folder: Path, device=None) -> dict:
+    """An evaluation-only step: the base run's weights evaluated with ``config``'s test-time options on
+    the validation split. Measured once and kept in ``folder/evaluation.json`` with what it depends on
+    (and the precision it was computed in), so that a re-render reads it instead of measuring again."""
+    def measure():
+        dev = pick_device(device)
+        precision = runnable_precision(base.config.precision, dev)
+        _, val = splits(config, data)
+        x, y = D.to_device(val, dev)
+        ev = evaluate(base.model.to(dev), x, y, precision=precision, tta_flip=config.tta_flip,
+                      tta_shift=config.tta_shift)
+        base.model.cpu()
+        return {**ev, "precision": precision}
+    key = {"config": config.identity(), "base": str(D.shown_path(base.path)), "official_data": data.official}
+    return cached(folder / "evaluation.json", key, measure)
+
+
 def batchnorm_refresh(table: pd.DataFrame, data: D.CIFAR10, results_dir="results",
-                      calibration: int = 10_000) -> pd.DataFrame:
+                      calibration: int = 10_000, device=None) -> pd.DataFrame:
     """Every trained ladder step with BatchNorm, evaluated on validation as trained and again after its
     BatchNorm statistics are re-measured with dropout off (``calibration`` training images, class-balanced).
 
@@ -339,15 +363,25 @@ def batchnorm_refresh(table: pd.DataFrame, data: D.CIFAR10, results_dir="results
     """
     rows = []
     for _, step in table[~table["eval only"].astype(bool)].iterrows():
-        run = load_run(D.project_path(results_dir) / "ladder" / step["step"])
+        folder = D.project_path(results_dir) / "ladder" / step["step"]
+        run = load_run(folder)
         if not batchnorm_layers(run.model):
             continue
-        train, val = splits(run.config, data)
-        x, y = D.to_device(val, torch.device("cpu"))
-        calib = D.normalize((D.balanced_subset(train, calibration) if calibration < len(train) else train).images)
-        before = evaluate(run.model, x, y, precision=run.config.precision)
-        after = evaluate(refresh_batchnorm(run.model, calib, precision=run.config.precision), x, y,
-                         precision=run.config.precision)
+
+        def measure(run=run):
+            dev = pick_device(device)
+            precision = runnable_precision(run.config.precision, dev)
+            train, val = splits(run.config, data)
+            x, y = D.to_device(val, dev)
+            calib = D.normalize((D.balanced_subset(train, calibration) if calibration < len(train) else train).images)
+            model = run.model.to(dev)
+            before = evaluate(model, x, y, precision=precision)
+            after = evaluate(refresh_batchnorm(model, calib, precision=precision), x, y, precision=precision)
+            run.model.cpu()
+            return {"before": before, "after": after, "precision": precision}
+        key = {"config": run.config.identity(), "calibration": calibration, "official_data": data.official}
+        m = cached(folder / "batchnorm_refresh.json", key, measure)
+        before, after = m["before"], m["after"]
         rows.append({"step": step["step"], "change": step["change"],
                      "dropout": run.config.model == "avgpool_dropout", "val acc, one view": 100 * before["accuracy"],
                      "val acc, one view, statistics refreshed": 100 * after["accuracy"],
@@ -372,7 +406,7 @@ def ladder_findings(table: pd.DataFrame) -> str:
     """The ladder in words: what each change gained and the side branches (the verdict on the author's
     hypothesis, which needs the BatchNorm check too, is ``hypothesis_verdict``)."""
     main = _main_steps(table)
-    lines = [f"- {r['change']}: {r['gain']:+.1f} points (to {r['val acc']:.1f}%)" for _, r in main.iterrows()]
+    lines = [f"- {_step_name(r['change'])}: {r['gain']:+.1f} points (to {r['val acc']:.1f}%)" for _, r in main.iterrows()]
     text = "\n".join(lines)
     if len(main):
         top = main.loc[main["gain"].idxmax()]
@@ -389,6 +423,11 @@ def ladder_findings(table: pd.DataFrame) -> str:
     if branch_lines:
         text += "\n\nSide branches from the last ladder step:\n" + "\n".join(branch_lines)
     return text
+
+
+def _step_name(change: str) -> str:
+    """A step's label without its leading "+ " (a Markdown line "- + x" renders as a nested empty bullet)."""
+    return change[2:] if change.startswith("+ ") else change
 
 
 def _main_steps(table: pd.DataFrame) -> pd.DataFrame:
@@ -491,3 +530,17 @@ def final_summary(info: dict, budget_minutes: float, goal: float = 90.0) -> str:
             + (f"That meets the goal of {goal:g}% within {budget_minutes:g} minutes." if met else
                f"That does not meet the goal of {goal:g}% within {budget_minutes:g} minutes "
                f"({'accuracy' if acc < goal else 'time'} falls short)."))
+
+
+# ---------------------------------------------------------------- the final recipe over seeds
+
+def final_run_name(seed: int) -> str:
+    """Where the final recipe's run with ``seed`` lives: seed 0 is the notebook's ``final`` run."""
+    return "final" if seed == 0 else f"final_seeds/seed{seed}"
+
+
+def final_seed_runs(config: TrainConfig, seeds, data: D.CIFAR10, results_dir="results", device=None) -> dict[int, Run]:
+    """The final configuration trained (or loaded) once per seed, each into its own folder."""
+    return {seed: fit(dataclasses.replace(config, seed=seed), data, run_name=final_run_name(seed),
+                      results_dir=results_dir, device=device, replay=False)
+            for seed in seeds}

@@ -8,7 +8,10 @@ second) and prints it as one line.
 
 A run lives in ``results/<run name>/``:
 
-* ``config.json``: the configuration; a folder never holds two configurations.
+* ``config.json``: the configuration; a folder never holds two configurations. Only what was
+  trained counts: ``precision`` says how a run was computed, so a bf16 run loads (and resumes,
+  saying so) on a machine that computes in fp32.
+* ``.lock``: held while a process trains into the folder; a second process is refused.
 * ``checkpoint.pt``: model, optimiser, every RNG state and the history after the
   last finished epoch, replaced atomically each epoch and deleted once the run
   is done. An interrupted run resumes from it and ends bit-for-bit where an
@@ -18,7 +21,7 @@ A run lives in ``results/<run name>/``:
 from __future__ import annotations
 
 import dataclasses
-import json
+import math
 import os
 import platform
 import random
@@ -32,15 +35,31 @@ import torch.nn.functional as F
 
 from . import data as D
 from .evaluation import autocast, evaluate
-from .models import batchnorm_layers, build_model, count_parameters, whiten_stem
+from .files import FolderLock, RunBusyError, atomic_write, git_state, read_json, save_json, shown_path  # noqa: F401
+from .models import HEADS, MODELS, batchnorm_layers, build_model, count_parameters, whiten_stem
 
+_atomic_write = atomic_write     # the older private name
 
+# Fields that say how a run was computed, not what was trained: a finished run loads whatever they are now.
+COMPUTE_FIELDS = ("precision",)
 
 COMPACT_DEFAULTS = {"dirac": False, "bn_scale": True, "bn_momentum": 0.1, "logit_scale": 1.0}
 
 
 class RunConflictError(RuntimeError):
     """The results folder holds a run made with a different configuration."""
+
+
+class RunDataError(RuntimeError):
+    """A file of a run (checkpoint, configuration, metrics, weights) is missing or damaged."""
+
+
+class DivergedError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -78,13 +97,35 @@ class TrainConfig:
     eval_each_epoch: bool = True    # False: evaluate once, after the last epoch (a final model and its test set)
 
     def __post_init__(self):
-        checks = {"augment": ("none", "flip_crop"), "schedule": ("constant", "onecycle", "cosine", "triangle"),
+        checks = {"model": tuple(MODELS), "head": HEADS, "augment": ("none", "flip_crop"),
+                  "schedule": ("constant", "onecycle", "cosine", "triangle"),
                   "precision": ("fp32", "bf16", "auto"), "optimizer": ("adam", "sgd")}
         for field, allowed in checks.items():
             if getattr(self, field) not in allowed:
                 raise ValueError(f"{field} must be one of {', '.join(allowed)}; got {getattr(self, field)!r}")
+        for field in ("epochs", "batch_size", "seed", "convs", "crop_pad", "tta_shift", "validation"):
+            if not _whole(getattr(self, field)):
+                raise ValueError(f"{field} must be a whole number; got {getattr(self, field)!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be positive; got {self.epochs} and {self.batch_size}")
+        for field in ("train_subset", "test_subset"):
+            value = getattr(self, field)
+            if value is not None and (not _whole(value) or value < 10 or value % 10):
+                raise ValueError(f"{field} must be None (all images) or a positive multiple of 10 (a tenth per "
+                                 f"class); got {value!r}")
+        if self.validation < 0 or self.validation % 10:
+            raise ValueError(f"validation must be 0 (evaluate on the test set) or a positive multiple of 10 "
+                             f"(held-out training images, a tenth per class); got {self.validation!r}")
+        for field in ("lr", "weight_decay", "width", "label_smoothing", "bn_momentum", "logit_scale"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{field} must be a finite number; got {value!r}")
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise ValueError(f"lr must be positive and weight_decay zero or positive; got lr={self.lr}, "
+                             f"weight_decay={self.weight_decay}")
+        if self.width <= 0 or not 0 <= self.label_smoothing < 1 or self.crop_pad < 0 or self.tta_shift < 0:
+            raise ValueError(f"width must be positive, label_smoothing in [0, 1), crop_pad and tta_shift zero or "
+                             f"positive; got {self.width}, {self.label_smoothing}, {self.crop_pad}, {self.tta_shift}")
         if self.whiten and self.model != "compact":
             raise ValueError("whiten needs model='compact' (the only model with a 2x2 patch stem)")
         changed = [k for k, v in self.compact_options().items() if v != COMPACT_DEFAULTS[k]]
@@ -102,6 +143,15 @@ class TrainConfig:
         """A saved configuration; fields added to the class since it was saved take their defaults."""
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in saved.items() if k in known})
+
+    def identity(self) -> dict:
+        """What was trained: every field but those that only say how it was computed (``COMPUTE_FIELDS``)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in COMPUTE_FIELDS}
+
+    def differences(self, other: "TrainConfig") -> dict:
+        """{field: (self's value, other's value)} for the fields of ``identity`` that differ."""
+        a, b = self.identity(), other.identity()
+        return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
 
     @property
     def eval_split(self) -> str:
@@ -133,14 +183,24 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def cuda_has_native_bf16(device: torch.device) -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability(device) >= (8, 0)
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     if precision != "auto":
         return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    if device.type == "cuda":   # native bf16 from Ampere (compute capability 8.0) on; is_bf16_supported
+        return "bf16" if cuda_has_native_bf16(device) else "fp32"   # also counts emulation (a T4, say)
     if device.type == "cpu":
         return "bf16" if cpu_has_native_bf16() else "fp32"
     return "fp32"
+
+
+def runnable_precision(precision: str, device: torch.device) -> str:
+    """The precision to re-evaluate a run trained in ``precision`` with on ``device``: the same where the
+    device computes it natively, else fp32 (bf16 emulated on an older CPU or GPU is only slower)."""
+    return precision if resolve_precision("auto", device) == precision else "fp32"
 
 
 def environment(device: torch.device) -> dict:
@@ -153,47 +213,19 @@ def environment(device: torch.device) -> dict:
 
 
 def print_setup(parameters: dict, data: "D.CIFAR10 | None" = None, device: str | None = None) -> None:
-    """What a reader needs to trust a notebook: versions, device, threads, data source, parameters."""
+    """What a reader needs to trust a notebook, in three lines: software and machine, data, parameters."""
     dev = pick_device(device)
-    for key, value in environment(dev).items():
-        print(f"{key:>12}: {value}")
+    env = environment(dev)
+    where = env.get("gpu", env["cpu"])
+    precision = parameters.get("precision")
+    computes = f", precision {precision} -> {resolve_precision(precision, dev)}" if precision else ""
+    print(f"torch {env['torch']}, Python {env['python']}; {dev} ({where}), {env['threads']} threads{computes}")
     if data is not None:
-        print(f"{'data':>12}: {data.source}")
-        if not data.official:
-            print(f"{'':>12}  a JPEG (quality 75) re-encoding of CIFAR-10: expect accuracy up to ~2 points lower")
-    for key, value in parameters.items():
-        print(f"{key:>12} = {value!r}")
+        print(f"data: {data.source}" + ("" if data.official else "; a JPEG re-encoding, see the README's Data section"))
+    print("parameters: " + ", ".join(f"{k}={v!r}" for k, v in parameters.items()))
 
 
-def overfit_one_batch(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-                      steps: int = 150, lr: float = 1e-3) -> list[float]:
-    """Train on one fixed batch (dropout off) and return the loss per step: a working model drives it to ~0."""
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    model.eval()   # no dropout: the point is to check that gradients flow, not to regularise
-    losses = []
-    for _ in range(steps):
-        opt.zero_grad(set_to_none=True)
-        loss = F.cross_entropy(model(images), labels)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses
-
-
-# ---------------------------------------------------------------- atomic files
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def save_json(obj, path: Path) -> None:
-    _atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
-
+# ---------------------------------------------------------------- random states
 
 def _rng_state(shuffle: torch.Generator) -> dict:
     state = {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state(), "python": random.getstate()}
@@ -256,18 +288,43 @@ class Run:
     model: torch.nn.Module
 
 
-def load_run(path) -> Run:
-    """A finished run from its results folder, with its final weights loaded on the CPU."""
+def _read_run_json(path: Path, what: str) -> dict:
+    try:
+        return read_json(path, what)
+    except ValueError as exc:
+        raise RunDataError(str(exc)) from None
+
+
+def load_run(path, weights: bool = True) -> Run:
+    """A finished run from its results folder, with its final weights loaded on the CPU (``weights``)."""
     path = D.project_path(path)
     metrics_file = path / "metrics.json"
     if not metrics_file.exists():
-        raise FileNotFoundError(f"{path} holds no finished run (no metrics.json); train it first")
-    metrics = json.loads(metrics_file.read_text())
-    config = TrainConfig.from_dict(metrics["config"])
+        raise FileNotFoundError(f"{shown_path(path)} holds no finished run (no metrics.json); train it first")
+    metrics = _read_run_json(metrics_file, "run's metrics file")
+    try:
+        config = TrainConfig.from_dict(metrics["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RunDataError(f"{shown_path(metrics_file)} holds no valid configuration ({exc}). Restore the file "
+                           "from git (git checkout -- <file>) or from a backup.") from None
     model = make_model(config)
-    if (path / "model.pt").exists():
-        model.load_state_dict(torch.load(path / "model.pt", map_location="cpu", weights_only=True))
-    return Run(path, config, pd.read_csv(path / "history.csv"), metrics, model)
+    weights_file = path / "model.pt"
+    if weights:
+        if not weights_file.exists():
+            raise RunDataError(f"{shown_path(weights_file)} is missing: the run finished (metrics.json) but its "
+                               "weights are gone, and a model with random weights would give random results. "
+                               "Restore the file (git checkout -- <file>, or from a backup), or train the "
+                               "configuration into another folder.")
+        try:
+            model.load_state_dict(torch.load(weights_file, map_location="cpu", weights_only=True))
+        except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
+            raise RunDataError(f"{shown_path(weights_file)} cannot be read as this run's weights "
+                               f"({type(exc).__name__}: {str(exc)[:200]}). Restore it from git or a backup.") from None
+    history_file = path / "history.csv"
+    if not history_file.exists():
+        raise RunDataError(f"{shown_path(history_file)} is missing from a finished run; restore it from git or "
+                           "a backup.")
+    return Run(path, config, pd.read_csv(history_file), metrics, model)
 
 
 def make_model(config: TrainConfig) -> torch.nn.Module:
@@ -328,7 +385,13 @@ def splits(config: TrainConfig, data: D.CIFAR10) -> tuple[D.Split, D.Split]:
     """The (train, evaluation) images a run uses: optional validation hold-out, optional quick-run subsets."""
     train, test = data.train, data.test
     if config.validation:
+        if len(train) - config.validation < 100:
+            raise ValueError(f"validation={config.validation} leaves {len(train) - config.validation} of the "
+                             f"{len(train):,} training images to train on; hold out fewer")
         train, test = D.hold_out(train, config.validation)
+    for name, size, split in (("train_subset", config.train_subset, train), ("test_subset", config.test_subset, test)):
+        if size and size > len(split):
+            raise ValueError(f"{name}={size:,} asks for more images than there are ({len(split):,})")
     if config.train_subset:
         train = D.balanced_subset(train, config.train_subset)
     if config.test_subset:
@@ -336,18 +399,30 @@ def splits(config: TrainConfig, data: D.CIFAR10) -> tuple[D.Split, D.Split]:
     return train, test
 
 
-def _check_config(path: Path, config: TrainConfig) -> None:
+def _saved_config(path: Path) -> TrainConfig | None:
     saved_file = path / "config.json"
     if not saved_file.exists():
-        return
-    saved = dataclasses.asdict(TrainConfig.from_dict(json.loads(saved_file.read_text())))
-    now = dataclasses.asdict(config)
-    diff = {k: (saved.get(k), v) for k, v in now.items() if saved.get(k) != v}
+        return None
+    saved = _read_run_json(saved_file, "run's configuration")
+    try:
+        return TrainConfig.from_dict(saved)
+    except (TypeError, ValueError) as exc:
+        raise RunDataError(f"{shown_path(saved_file)} is not a valid configuration ({exc}). Restore it from git "
+                           "or a backup.") from None
+
+
+def _check_config(path: Path, config: TrainConfig) -> TrainConfig | None:
+    """The configuration saved in ``path`` (None if there is none); a conflict if it trained something else."""
+    saved = _saved_config(path)
+    if saved is None:
+        return None
+    diff = saved.differences(config)
     if diff:
         changes = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in diff.items())
         raise RunConflictError(
-            f"{path} holds a run with a different configuration ({changes}). "
-            "Choose another run name (or results folder), or delete that folder to start over.")
+            f"{shown_path(path)} holds a run with a different configuration ({changes}). It is kept as it is: "
+            "train this configuration under another run name or into another results folder.")
+    return saved
 
 
 def _epoch_line(row: dict, split: str, total: int) -> str:
@@ -359,32 +434,76 @@ def _epoch_line(row: dict, split: str, total: int) -> str:
 
 
 def fit(config: TrainConfig, data: D.CIFAR10, run_name: str | None = None, results_dir="results",
-        device: str | None = None, progress: bool | None = None, verbose: bool = True, replay: bool = True) -> Run:
+        device: str | None = None, progress: bool | None = None, verbose: bool = True, replay: bool = False) -> Run:
     """Train ``config`` on ``data`` into ``results_dir/run_name``, resuming if a checkpoint is there.
 
-    A finished run of the same configuration is loaded, not retrained (``replay``: print its epochs
-    again, else one line). ``progress``
-    shows a per-batch bar that disappears at the end of each epoch (default: on
-    unless TQDM_DISABLE is set).
+    A finished run of the same configuration is loaded, not retrained, with one line (``replay``: its
+    epochs too). ``progress`` shows a per-batch bar that disappears at the end of each epoch (default:
+    on unless TQDM_DISABLE is set). Nothing is written before the configuration, the data sizes and the
+    model have been checked, and only one process at a time trains into a folder.
     """
-    from tqdm.auto import tqdm
-
     dev = pick_device(device)
     config = dataclasses.replace(config, precision=resolve_precision(config.precision, dev))
     path = D.project_path(results_dir) / (run_name or config.default_name())
     _check_config(path, config)
-    split = config.eval_split
-    if (path / "metrics.json").exists() and (path / "model.pt").exists():
-        run = load_run(path)
-        if verbose:
-            print(f"{path.name}: finished run found in {D.shown_path(path)}; loading it instead of training again.")
-            for row in run.history.to_dict("records")[(0 if replay else -1):]:
-                print(_epoch_line(row, split, config.epochs))
-        return run
-    path.mkdir(parents=True, exist_ok=True)
-    save_json(dataclasses.asdict(config), path / "config.json")
+    if (path / "metrics.json").exists():
+        return _load_finished(path, config, verbose, replay)
+    train, test = splits(config, data)            # sizes checked before anything is written
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot create the results folder {shown_path(path)} ({exc.strerror}); "
+                                 "choose a results_dir you can write to") from None
+    with FolderLock(path):
+        saved = _check_config(path, config)       # again, now that no one else can write here
+        if (path / "metrics.json").exists():
+            return _load_finished(path, config, verbose, replay, locked=True)
+        return _train(config, saved, data, train, test, path, dev, progress, verbose)
 
-    train, test = splits(config, data)
+
+def _load_finished(path: Path, config: TrainConfig, verbose: bool, replay: bool, locked: bool = False) -> Run:
+    run = load_run(path)
+    if locked:
+        (path / "checkpoint.pt").unlink(missing_ok=True)
+    elif (path / "checkpoint.pt").exists() or (path / ".lock").exists():
+        with FolderLock(path):            # a kill after the run finished, before it tidied up: finish that
+            (path / "checkpoint.pt").unlink(missing_ok=True)
+    if verbose:
+        split = run.config.eval_split
+        h = run.history
+        note = (f"; trained in {run.config.precision}, here it would compute in {config.precision}"
+                if run.config.precision != config.precision else "")
+        best = h[f"{split}_acc"].max()
+        print(f"{path.name}: finished run loaded from {shown_path(path)} ({len(h)} epochs): best {split} accuracy "
+              f"{best:.2%}, final {h[f'{split}_acc'].iloc[-1]:.2%}{note}")
+        if replay:
+            for row in h.to_dict("records"):
+                print(_epoch_line(row, split, run.config.epochs))
+    return run
+
+
+def _load_checkpoint(ckpt_file: Path, dev: torch.device) -> dict:
+    try:
+        ckpt = torch.load(ckpt_file, map_location=dev, weights_only=True)
+        if not isinstance(ckpt, dict) or not {"config", "model", "optimizer", "rng", "history"} <= set(ckpt):
+            raise ValueError("not a checkpoint of this project")
+        return ckpt
+    except Exception as exc:      # torch raises many types for a torn or foreign file
+        raise RunDataError(
+            f"{shown_path(ckpt_file)} cannot be read ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:200]}). "
+            "It holds only the unfinished part of this run: delete it to train this run again from its first "
+            "epoch (finished runs are not affected).") from None
+
+
+def _write_history(path: Path, history: list[dict]) -> None:
+    atomic_write(path / "history.csv", lambda f: f.write(pd.DataFrame(history).to_csv(index=False).encode()))
+
+
+def _train(config: TrainConfig, saved: TrainConfig | None, data: D.CIFAR10, train: D.Split, test: D.Split,
+           path: Path, dev: torch.device, progress: bool | None, verbose: bool) -> Run:
+    from tqdm.auto import tqdm
+
+    split = config.eval_split
     channels_last = dev.type != "mps"
     x_train, y_train = D.to_device(train, dev, channels_last)
     x_test, y_test = D.to_device(test, dev, channels_last)
@@ -392,7 +511,7 @@ def fit(config: TrainConfig, data: D.CIFAR10, run_name: str | None = None, resul
     torch.manual_seed(config.seed)
     random.seed(config.seed)
     shuffle = torch.Generator().manual_seed(config.seed)
-    model = make_model(config).to(dev)
+    model = make_model(config).to(dev)            # checks the model options
     if config.whiten:
         whiten_stem(model, x_train[:5000])
     if channels_last:
@@ -402,12 +521,14 @@ def fit(config: TrainConfig, data: D.CIFAR10, run_name: str | None = None, resul
     schedule = make_schedule(config, opt, n_batches)
     lookahead = Lookahead() if config.lookahead else None
     history: list[dict] = []
+    changes: list[dict] = []
     ckpt_file = path / "checkpoint.pt"
     if ckpt_file.exists():
-        ckpt = torch.load(ckpt_file, map_location=dev, weights_only=False)
-        if dataclasses.asdict(TrainConfig.from_dict(ckpt["config"])) != dataclasses.asdict(config):
-            raise RunConflictError(f"{ckpt_file} was made with a different configuration; "
-                                   "delete it or choose another run name.")
+        ckpt = _load_checkpoint(ckpt_file, dev)
+        before = TrainConfig.from_dict(ckpt["config"])
+        if before.differences(config):
+            raise RunConflictError(f"{shown_path(ckpt_file)} was made with a different configuration "
+                                   f"({before.differences(config)}); train this one under another run name.")
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         if schedule is not None:
@@ -415,12 +536,20 @@ def fit(config: TrainConfig, data: D.CIFAR10, run_name: str | None = None, resul
         _restore_rng(ckpt["rng"], shuffle)
         if lookahead is not None:
             lookahead.slow = ckpt.get("lookahead")
-        history = ckpt["history"]
+        history = [dict(row) for row in ckpt["history"]]
+        changes = list(ckpt.get("changes") or [])
+        _write_history(path, history)            # a kill may have come between the checkpoint and this file
+        if before.precision != config.precision:
+            changes.append({"after_epoch": len(history), "precision": [before.precision, config.precision],
+                            "device": str(dev)})
         if verbose:
-            print(f"{path.name}: resuming after epoch {len(history)} from {D.shown_path(ckpt_file)}; "
-                  "the epochs so far:")
-            for row in history:
-                print(_epoch_line(row, split, config.epochs))
+            moved = (f" Epochs 1-{len(history)} ran in {before.precision}, the rest runs in {config.precision} on "
+                     f"{dev}: the result will be close to, not bit-identical with, an uninterrupted run."
+                     if before.precision != config.precision else "")
+            print(f"{path.name}: resuming after epoch {len(history)} of {config.epochs} from "
+                  f"{shown_path(ckpt_file)}.{moved}")
+    if saved is None:
+        save_json(dataclasses.asdict(config), path / "config.json")
 
     # tqdm's notebook bar ignores TQDM_DISABLE, so honour it here (papermill runs set it)
     show_bar = progress if progress is not None else not os.environ.get("TQDM_DISABLE")
@@ -454,29 +583,32 @@ def fit(config: TrainConfig, data: D.CIFAR10, run_name: str | None = None, resul
         if lookahead is not None:
             lookahead.end_epoch(model)
         train_seconds = time.perf_counter() - start
+        train_loss = loss_sum.item() / len(y_train)
+        _stop_if_diverged(train_loss, "training", epoch, config, path)
         if config.eval_each_epoch or epoch == config.epochs:
             ev = evaluate(model, x_test, y_test, precision=config.precision, tta_flip=config.tta_flip,
                           tta_shift=config.tta_shift)
+            _stop_if_diverged(ev["loss"], split, epoch, config, path)
         else:
             ev = {"loss": float("nan"), "accuracy": float("nan")}
         seconds = time.perf_counter() - start
-        row = {"epoch": epoch, "train_loss": loss_sum.item() / len(y_train),
+        row = {"epoch": epoch, "train_loss": train_loss,
                "train_acc": correct.item() / len(y_train),
                f"{split}_loss": ev["loss"], f"{split}_acc": ev["accuracy"],
                "seconds": seconds, "images_per_s": len(y_train) / train_seconds}
         history.append(row)
         ckpt = {"config": dataclasses.asdict(config), "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "schedule": schedule.state_dict() if schedule is not None else None,
-                "rng": _rng_state(shuffle), "history": history,
+                "rng": _rng_state(shuffle), "history": history, "changes": changes,
                 "lookahead": lookahead.slow if lookahead is not None else None}
-        _atomic_write(ckpt_file, lambda f: torch.save(ckpt, f))
-        _atomic_write(path / "history.csv", lambda f: f.write(pd.DataFrame(history).to_csv(index=False).encode()))
+        atomic_write(ckpt_file, lambda f: torch.save(ckpt, f))
+        _write_history(path, history)
         if verbose:
             print(_epoch_line(row, split, config.epochs), flush=True)
 
     hist = pd.DataFrame(history)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    _atomic_write(path / "model.pt", lambda f: torch.save(state, f))
+    atomic_write(path / "model.pt", lambda f: torch.save(state, f))
     best = hist.loc[hist[f"{split}_acc"].idxmax()]
     metrics = {
         "config": dataclasses.asdict(config), "environment": env, "data": data.source,
@@ -486,9 +618,22 @@ def fit(config: TrainConfig, data: D.CIFAR10, run_name: str | None = None, resul
         f"final_{split}_acc": float(hist[f"{split}_acc"].iloc[-1]),
         f"lowest_{split}_loss_epoch": int(hist.loc[hist[f"{split}_loss"].idxmin(), "epoch"]),
         "train_seconds": float(hist["seconds"].sum()),
+        "code": git_state(),
         "finished": True,
     }
+    if changes:
+        metrics["changes_on_resume"] = changes
     save_json(metrics, path / "metrics.json")
     ckpt_file.unlink(missing_ok=True)
     model.cpu()
     return Run(path, config, hist, metrics, model)
+
+
+def _stop_if_diverged(loss: float, what: str, epoch: int, config: TrainConfig, path: Path) -> None:
+    if math.isfinite(loss):
+        return
+    kept = (f"the checkpoint after epoch {epoch - 1} is kept" if epoch > 1 else "no epoch finished, nothing was kept")
+    raise DivergedError(
+        f"{shown_path(path)}: the {what} loss is {loss} in epoch {epoch}: training diverged with lr={config.lr:g} "
+        f"and stopped before saving this epoch ({kept}; no result was written). Train again with a lower "
+        "learning rate (lr) under another run name.")

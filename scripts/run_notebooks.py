@@ -6,7 +6,9 @@
     python scripts/run_notebooks.py --output /tmp/x --only 01 06
 
 Parameters given with -p go to every notebook that declares them in its
-``parameters`` cell; the others ignore them. Prints how long each notebook took.
+``parameters`` cell with another value; the others ignore them (so a re-run with the
+defaults leaves the notebooks' sources as they are). Prints how long each notebook took.
+A notebook that fails prints its error as one message, not a traceback.
 A notebook is executed into NAME.running.ipynb and renamed over its target only
 when it succeeds, so an interrupted or failed run never leaves a half-executed
 notebook in place (the partial copy stays beside it for inspection).
@@ -26,14 +28,30 @@ from helpers.data import shown_path
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 
 
-def declared_parameters(path: Path) -> set[str]:
+def declared_parameters(path: Path) -> dict:
+    """The names and default values of a notebook's ``parameters`` cell."""
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:
         if "parameters" in cell.metadata.get("tags", []):
             tree = ast.parse(cell.source)
-            return {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets
-                    if isinstance(t, ast.Name)}
-    return set()
+            found = {}
+            for node in tree.body:
+                if isinstance(node, ast.Assign):
+                    for t in node.targets:
+                        if isinstance(t, ast.Name):
+                            try:
+                                found[t.id] = ast.literal_eval(node.value)
+                            except ValueError:
+                                found[t.id] = None
+            return found
+    return {}
+
+
+def kernel_config():
+    """Local kernels talk over IPC sockets where the OS has them: nothing is sent over TCP, and the kernel
+    does not warn about unencrypted TCP at every start."""
+    from traitlets.config import Config
+    return Config({"KernelManager": {"transport": "ipc"}}) if os.name == "posix" else Config()
 
 
 def record_paths(executed: Path, source: Path, target: Path) -> None:
@@ -68,14 +86,20 @@ def main(argv=None) -> int:
     for nb in notebooks:
         out = nb if args.in_place else args.output / nb.name
         running = out.with_name(out.stem + ".running.ipynb")   # renamed over `out` only on success
-        own = {k: v for k, v in params.items() if k in declared_parameters(nb)}
+        declared = declared_parameters(nb)
+        own = {k: v for k, v in params.items() if k in declared and declared[k] != v}
         start = time.perf_counter()
         print(f"{nb.name}: running with {own or 'its defaults'}", flush=True)
-        pm.execute_notebook(str(nb), str(running), parameters=own, cwd=str(NOTEBOOKS), progress_bar=False,
-                            kernel_name="python3")
+        try:
+            pm.execute_notebook(str(nb), str(running), parameters=own, cwd=str(NOTEBOOKS), progress_bar=False,
+                                kernel_name="python3", config=kernel_config())
+        except pm.PapermillExecutionError as exc:
+            print(f"{nb.name} stopped: {exc.ename}: {exc.evalue}\n(the partial notebook is "
+                  f"{shown_path(running)}; {shown_path(out)} is unchanged)", file=sys.stderr)
+            return 1
         record_paths(running, source=nb, target=out)
         os.replace(running, out)
-        print(f"{nb.name}: done in {time.perf_counter() - start:.0f} s -> {out}", flush=True)
+        print(f"{nb.name}: done in {time.perf_counter() - start:.0f} s -> {shown_path(out)}", flush=True)
     return 0
 
 

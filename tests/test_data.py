@@ -94,7 +94,7 @@ def test_truncated_batch_names_the_file(fake_root, tmp_path):
     root, folder = _copy(fake_root, tmp_path)
     data = (folder / "data_batch_3").read_bytes()
     (folder / "data_batch_3").write_bytes(data[: len(data) // 2])
-    with pytest.raises(H.DataError, match="data_batch_3 is truncated or corrupt"):
+    with pytest.raises(H.DataError, match="data_batch_3 is truncated, corrupt"):
         H.load_cifar10(root, download=False, verbose=False)
 
 

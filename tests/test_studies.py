@@ -58,7 +58,7 @@ def test_the_seed_study_reuses_a_longer_run_and_trains_the_rest(fake_data, tmp_p
     for variant in H.VARIANTS:
         _fit(fake_data, tmp_path / "report", variant, model=variant, epochs=2)
     # relative folders are the project's, whatever the working directory (notebooks run in notebooks/)
-    monkeypatch.setattr(H.data, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(H.files, "REPO_ROOT", tmp_path)
     monkeypatch.chdir(tmp_path / "report")
     histories, sources = S.seed_study(fake_data, seeds=[0, 1], epochs=1, results_dir="study",
                                       reuse_from="report", **TINY)
@@ -98,7 +98,8 @@ def test_the_ladder_runs_tabulates_and_reuses_weights_for_evaluation_only_steps(
     table, histories = S.run_ladder(steps, start, fake_data, results_dir=tmp_path)
     saved = pd.read_csv(tmp_path / "studies" / "ladder.csv")
     assert saved["step"].tolist() == ["base", "bn", "tta", "small"]
-    assert not (tmp_path / "ladder" / "tta").exists()            # evaluated, not trained again
+    # evaluated, not trained again: its folder keeps only the measurement, which a re-run reads back
+    assert [p.name for p in (tmp_path / "ladder" / "tta").iterdir()] == ["evaluation.json"]
     rows = table.set_index("step")
     assert rows.loc["tta", "minutes"] == rows.loc["bn", "minutes"] and rows.loc["tta", "eval only"]
     assert rows.loc["bn", "gain"] == pytest.approx(rows.loc["bn", "val acc"] - rows.loc["base", "val acc"])
@@ -110,6 +111,19 @@ def test_the_ladder_runs_tabulates_and_reuses_weights_for_evaluation_only_steps(
     assert refresh.set_index("step").loc["bn", "val acc, one view"] == pytest.approx(rows.loc["bn", "val acc"])
     assert (refresh["gain"] == refresh["val acc, one view, statistics refreshed"] - refresh["val acc, one view"]).all()
     assert "the 2 BatchNorm models with dropout gain" in S.batchnorm_refresh_findings(refresh)
+    # measured once: a second pass reads what the first stored beside each run, and changes no file
+    stored = sorted(tmp_path.rglob("*.json"))
+    before = {p: p.read_bytes() for p in stored}
+    monkey = pytest.MonkeyPatch()
+    monkey.setattr(S, "evaluate", lambda *a, **k: pytest.fail("measured again"))
+    try:
+        again = S.batchnorm_refresh(table, fake_data, results_dir=tmp_path, calibration=50)
+        table_again, _ = S.run_ladder(steps, start, fake_data, results_dir=tmp_path)
+    finally:
+        monkey.undo()
+    pd.testing.assert_frame_equal(again, refresh)
+    pd.testing.assert_frame_equal(table_again.drop(columns="minutes"), table.drop(columns="minutes"))
+    assert before == {p: p.read_bytes() for p in stored}
 
     configs = S.ladder_configs(steps, start)
     table = table.assign(**{"val acc": [50.0, 60.0, 70.0, 80.0], "images/s": [20.0, 20.0, 20.0, 2.0]})

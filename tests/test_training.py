@@ -43,7 +43,7 @@ def test_finished_run_is_loaded_not_retrained(fake_data, tmp_path, capsys):
     first = _fit(fake_data, tmp_path, model="avgpool")
     again = H.fit(H.TrainConfig(model="avgpool", **TINY), fake_data, run_name="run", results_dir=tmp_path,
                   progress=False)
-    assert "finished run found" in capsys.readouterr().out
+    assert "finished run loaded" in capsys.readouterr().out
     pd.testing.assert_frame_equal(first.history, again.history)
 
 
@@ -74,31 +74,67 @@ def test_interrupted_save_leaves_the_previous_checkpoint_loadable(fake_data, tmp
     with pytest.raises(KeyboardInterrupt):
         _fit(fake_data, tmp_path, model="avgpool", epochs=3)
     monkeypatch.setattr(torch, "save", real_save)
-    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)   # loads without running code
     assert len(ckpt["history"]) == 1
     resumed = _fit(fake_data, tmp_path, model="avgpool", epochs=3)
     assert resumed.history["epoch"].tolist() == [1, 2, 3]
 
 
+CHILD = [sys.executable, str(Path(__file__).parent / "train_child.py")]
+RUN_FILES = ["config.json", "history.csv", "metrics.json", "model.pt"]
+
+
+def _child(root, results, kill, options="protocol"):
+    return subprocess.run(CHILD + [str(root), str(results), kill, options], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module")
+def straight_runs(fake_root, tmp_path_factory):
+    """Uninterrupted runs of each option set, trained once for all the kill tests."""
+    made = {}
+
+    def get(options):
+        if options not in made:
+            out = tmp_path_factory.mktemp(f"straight-{options}")
+            done = _child(fake_root, out, "-1", options)
+            assert done.returncode == 0, done.stderr
+            made[options] = {name: (out / "run" / name).read_bytes() for name in RUN_FILES}
+        return made[options]
+    return get
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("options", ["protocol", "all-options", "compact", "airbench"])
-def test_a_killed_run_resumes_to_exactly_the_uninterrupted_result(fake_root, tmp_path, options):
-    child = [sys.executable, str(Path(__file__).parent / "train_child.py"), str(fake_root)]
-    opt = [options]
+def test_a_run_killed_mid_epoch_resumes_to_exactly_the_uninterrupted_result(fake_root, tmp_path, options,
+                                                                            straight_runs):
     # 500 fake images in batches of 64 make 8 batches an epoch: batch 19 is in the middle of epoch 3
-    killed = subprocess.run(child + [str(tmp_path / "resumed"), "19"] + opt, capture_output=True, text=True)
+    killed = _child(fake_root, tmp_path, "19", options)
     assert killed.returncode == -9, killed.stderr
-    ckpt = torch.load(tmp_path / "resumed" / "run" / "checkpoint.pt", weights_only=False)
-    assert len(ckpt["history"]) == 2 and not (tmp_path / "resumed" / "run" / "model.pt").exists()
-    resumed = subprocess.run(child + [str(tmp_path / "resumed"), "-1"] + opt, capture_output=True, text=True)
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert len(ckpt["history"]) == 2 and not (tmp_path / "run" / "model.pt").exists()
+    resumed = _child(fake_root, tmp_path, "-1", options)
     assert resumed.returncode == 0 and "resuming after epoch 2" in resumed.stdout, resumed.stderr
-    assert "epoch   1/3" in resumed.stdout     # the resumed log still shows the whole history
-    straight = subprocess.run(child + [str(tmp_path / "straight"), "-1"] + opt, capture_output=True, text=True)
-    assert straight.returncode == 0, straight.stderr
-    a, b = H.load_run(tmp_path / "resumed" / "run"), H.load_run(tmp_path / "straight" / "run")
-    pd.testing.assert_frame_equal(a.history[METRICS], b.history[METRICS])
-    for (name, wa), wb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
-        assert torch.equal(wa, wb), name
+    assert {name: (tmp_path / "run" / name).read_bytes() for name in RUN_FILES} == straight_runs(options)
+
+
+# Every file write of a run, killed right after it (before the next step) and half-way through it.
+KILL_POINTS = ["after:config.json:1", "during:checkpoint.pt:1", "after:checkpoint.pt:2", "during:history.csv:2",
+               "after:history.csv:2", "after:checkpoint.pt:3", "during:model.pt:1", "after:model.pt:1",
+               "during:metrics.json:1", "after:metrics.json:1"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill", KILL_POINTS)
+def test_a_run_killed_at_any_file_write_resumes_to_the_same_files(fake_root, tmp_path, kill, straight_runs):
+    killed = _child(fake_root, tmp_path, kill)
+    assert killed.returncode == -9, killed.stderr
+    assert not list((tmp_path / "run").glob("*.tmp")) or kill.startswith("during")
+    resumed = _child(fake_root, tmp_path, "-1")
+    assert resumed.returncode == 0, resumed.stderr
+    files = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert files == RUN_FILES or (kill.startswith("during") and set(files) - set(RUN_FILES) <= {
+        p.name for p in (tmp_path / "run").glob("*.tmp")}), files
+    assert {name: (tmp_path / "run" / name).read_bytes() for name in RUN_FILES} == straight_runs("protocol")
 
 
 def test_options_are_validated():

@@ -1,0 +1,38 @@
+"""What a reader meets in the committed notebooks: short outputs, no machine-specific paths, no
+random ids, Markdown that renders as meant."""
+import json
+import re
+
+import pytest
+
+from conftest import REPO
+
+NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+MAX_LINES = 25
+
+
+def _texts(cell):
+    for out in cell.get("outputs", []):
+        if "text" in out:
+            yield "".join(out["text"])
+        for kind, value in out.get("data", {}).items():
+            if kind in ("text/plain", "text/markdown", "text/html"):
+                yield "".join(value)
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_committed_notebook_outputs_are_short_and_machine_independent(path):
+    nb = json.loads(path.read_text())
+    assert len(NOTEBOOKS) == 9
+    for i, cell in enumerate(nb["cells"]):
+        for out in cell.get("outputs", []):
+            if "text" in out:
+                lines = "".join(out["text"]).count("\n")
+                assert lines <= MAX_LINES, f"{path.name} cell {i}: {lines} lines of output"
+        for text in _texts(cell):
+            assert "/work/" not in text and "/home/" not in text, f"{path.name} cell {i}: an absolute path"
+            assert not re.search(r"object at 0x[0-9a-f]+", text), f"{path.name} cell {i}: a memory address"
+            assert "WARNING" not in text, f"{path.name} cell {i}: a warning"
+            if "text/markdown" in json.dumps(cell.get("outputs", [])):
+                assert not re.search(r"^- \+", text, re.M), f"{path.name} cell {i}: a '- +' bullet"
+    assert "injected-parameters" not in path.read_text(), f"{path.name}: parameters injected by a re-run"
