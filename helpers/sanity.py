@@ -74,3 +74,16 @@ def one_batch_curves(data: CIFAR10, seed: int = 0, steps: int = 100, batch: int 
         return out
     key = {"seed": seed, "steps": steps, "images": _digest(x, y), "torch": torch.__version__}
     return cached(project_path(results_dir) / "sanity" / "one_batch.json", key, measure)
+
+
+def largest_setback(losses: list[float]) -> dict:
+    """The worst moment of a curve that should fall: the largest ratio of a loss to the lowest loss
+    before it, with both steps (1-based). A ratio near 1 means the curve never went back up."""
+    low, low_step, worst = losses[0], 1, {"ratio": 1.0, "low": losses[0], "low_step": 1,
+                                          "high": losses[0], "high_step": 1}
+    for step, loss in enumerate(losses, start=1):
+        if loss < low:
+            low, low_step = loss, step
+        elif loss / low > worst["ratio"]:
+            worst = {"ratio": loss / low, "low": low, "low_step": low_step, "high": loss, "high_step": step}
+    return worst

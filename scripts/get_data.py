@@ -8,7 +8,7 @@ import helpers as H
 
 def main() -> int:
     try:
-        data = H.load_cifar10()
+        data = H.load_cifar10(verbose=False)
     except H.DataError as exc:
         print(f"CIFAR-10 is not ready: {exc}", file=sys.stderr)
         return 1

@@ -145,3 +145,8 @@ def test_flip_and_crop_moves_by_at_most_pad_pixels():
         assert out.amax((1, 2, 3)).eq(1).all()
         assert ((rows - 4).abs() <= pad).all() and ((cols - 4).abs() <= pad + 1).all()   # +1: the mirror image
         assert (rows != 4).any()
+
+
+def test_the_official_checksums_are_torchvisions():
+    from torchvision.datasets import CIFAR10 as TV
+    assert H.data.OFFICIAL_MD5 == dict(TV.train_list + TV.test_list)

@@ -136,3 +136,9 @@ def test_airbench_details_of_the_compact_network():
     assert torch.allclose(tuned(z), plain(z) / 9, atol=1e-6)
     with pytest.raises(ValueError, match="compact network only"):
         H.build_model("avgpool", dirac=True)
+
+
+def test_the_largest_setback_of_a_falling_curve():
+    worst = H.sanity.largest_setback([2.0, 1.0, 0.1, 0.5, 0.05, 0.4, 0.01])
+    assert worst["low_step"] == 5 and worst["high_step"] == 6 and worst["ratio"] == pytest.approx(8.0)
+    assert H.sanity.largest_setback([3.0, 2.0, 1.0])["ratio"] == 1.0
