@@ -38,8 +38,10 @@ VARIANTS = {
 }
 # The follow-up study's own network (notebook 09), buildable by name like the report's three.
 MODELS = {**VARIANTS, "compact": "Compact BN network"}
-# The report's colours: blue FC, orange average pooling, green with dropout.
-COLORS = {"fc": "tab:blue", "avgpool": "tab:orange", "avgpool_dropout": "tab:green", "compact": "tab:purple"}
+# One look per model in every figure: colours from Okabe and Ito's colour-blind-safe palette, chosen so
+# that they also differ in grey (luminance 0, 0.15 and 0.42), and a marker each for a greyscale print.
+COLORS = {"fc": "#000000", "avgpool": "#E69F00", "avgpool_dropout": "#0072B2", "compact": "#CC79A7"}
+MARKERS = {"fc": "o", "avgpool": "s", "avgpool_dropout": "^", "compact": "D"}
 COMPACT_WIDTHS = (64, 256, 256)
 HEADS = ("linear", "author")
 CONV_CHANNELS = [(3, 16), (16, 32), (32, 64), (64, 128), (128, 128), (128, 256), (256, 256)]

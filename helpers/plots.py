@@ -1,9 +1,12 @@
 """One look for every figure, and ``save_figure`` to export them.
 
-Figures go to ``figures/`` (or ``$FIGURES_DIR``) as PNG (200 dpi) and PDF with
-stable names. Timestamps and software tags are stripped, so the same figure
-always gives the same bytes and a re-run only shows up in git when a figure
-really changed.
+Figures are drawn for a printed page: 6.5 inches wide at most (``WIDTH``; ``HALF`` for a figure
+beside another), no text under 7 points at that size, one colour and marker per model that stay
+distinct in greyscale and for colour-blind readers (``models.COLORS``, ``models.MARKERS``), and
+axes that start at zero where bar lengths are compared. ``save_figure`` checks the size and the
+text and writes ``figures/NAME.png`` (200 dpi) and ``NAME.pdf`` (TrueType fonts, embedded).
+Timestamps and software tags are stripped, so the same figure always gives the same bytes and
+a re-run only shows up in git when a figure really changed.
 """
 from __future__ import annotations
 
@@ -14,33 +17,55 @@ from pathlib import Path
 import matplotlib
 import matplotlib.patches
 import matplotlib.pyplot as plt
+import matplotlib.text
 import matplotlib.ticker
 import numpy as np
 import pandas as pd
 import seaborn as sns
 
 from .data import CLASSES, project_path
-from .models import COLORS, VARIANTS
+from .models import COLORS, MARKERS, VARIANTS
 
 DPI = 200
+WIDTH = 6.5        # inches: the text width of an A4 or Letter page with 1-inch margins
+HALF = 3.2
+MIN_FONT = 7.0     # points
 
 
 def use_style() -> None:
-    """The report's style: white grid, readable fonts, no top/right spines."""
-    sns.set_theme(style="whitegrid", context="notebook", font_scale=0.95)
-    matplotlib.rcParams.update({"figure.dpi": 100, "savefig.bbox": "tight", "axes.spines.top": False,
-                                "axes.spines.right": False, "legend.frameon": False,
-                                "svg.hashsalt": "cifar10", "pdf.compression": 6})
+    """The report's style: white grid, print-sized fonts, no top/right spines, TrueType fonts in PDFs."""
+    sns.set_theme(style="whitegrid", context="paper")
+    matplotlib.rcParams.update({
+        "figure.dpi": 100, "figure.figsize": (WIDTH, 2.8), "savefig.bbox": "tight", "savefig.pad_inches": 0.02,
+        "font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
+        "legend.fontsize": 7, "legend.title_fontsize": 7, "figure.titlesize": 9,
+        "axes.spines.top": False, "axes.spines.right": False, "legend.frameon": False,
+        "lines.linewidth": 1.3, "lines.markersize": 3.5,
+        "pdf.fonttype": 42, "ps.fonttype": 42, "svg.hashsalt": "cifar10", "pdf.compression": 6})
 
 
 def figures_dir(folder=None) -> Path:
     return project_path(folder or os.environ.get("FIGURES_DIR") or "figures")
 
 
+def check_print_size(fig, name: str) -> None:
+    """Refuse a figure wider than the page or with text smaller than ``MIN_FONT`` points at its size."""
+    width = fig.get_size_inches()[0]
+    if width > WIDTH + 0.05:
+        raise ValueError(f"figure {name!r} is {width:.2f} inches wide; draw it at most {WIDTH} inches wide "
+                         "(plots.WIDTH) so that it prints at its size")
+    small = sorted({round(t.get_fontsize(), 1) for t in fig.findobj(matplotlib.text.Text)
+                    if t.get_visible() and t.get_text().strip() and t.get_fontsize() < MIN_FONT})
+    if small:
+        raise ValueError(f"figure {name!r} has text of {small} points; use at least {MIN_FONT:g}")
+
+
 def save_figure(fig, name: str, folder=None) -> list[Path]:
-    """Write ``name.png`` and ``name.pdf``, byte-stable, and return their paths."""
+    """Check the print size (``check_print_size``), write ``name.png`` and ``name.pdf``, byte-stable,
+    and return their paths."""
     if not name or any(c in name for c in "/\\ ."):
         raise ValueError(f"figure name must be a plain file stem like 'test_accuracy', got {name!r}")
+    check_print_size(fig, name)
     out = figures_dir(folder)
     out.mkdir(parents=True, exist_ok=True)
     png, pdf = out / f"{name}.png", out / f"{name}.pdf"
@@ -49,32 +74,42 @@ def save_figure(fig, name: str, folder=None) -> list[Path]:
     return [png, pdf]
 
 
+def model_style(name: str, n_points: int = 10) -> dict:
+    """Colour, marker and marker spacing of a model's line, the same in every figure."""
+    return {"color": COLORS.get(name), "marker": MARKERS.get(name), "markevery": max(1, n_points // 10)}
+
+
 def curves(histories: dict, column: str, ax=None, ylabel: str | None = None, percent: bool = False,
            linestyle: str = "-", label_suffix: str = ""):
-    """One line per model (the report's colours) of a history column against the epoch."""
+    """One line per model (its colour and marker) of a history column against the epoch."""
     ax = ax or plt.gca()
     for name, hist in histories.items():
         y = hist[column] * (100 if percent else 1)
-        ax.plot(hist["epoch"], y, color=COLORS.get(name), linestyle=linestyle,
-                label=VARIANTS.get(name, name) + label_suffix)
+        ax.plot(hist["epoch"], y, linestyle=linestyle, label=VARIANTS.get(name, name) + label_suffix,
+                **model_style(name, len(hist)))
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-    ax.set_ylabel(ylabel or column)
+    if ylabel:
+        ax.set_ylabel(ylabel)
     ax.legend()
     return ax
 
 
-def run_curves(history, split: str = "test", title: str | None = None):
-    """Loss and accuracy per epoch, training against evaluation: where the gap opens is overfitting."""
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
+def run_curves(history, split: str = "test", title: str | None = None, loss_max: float | None = None):
+    """Loss and accuracy per epoch, training against evaluation: where the gap opens is overfitting.
+    Accuracy runs from 0 to 100% and the loss from 0 to ``loss_max``, so that runs drawn apart compare."""
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(WIDTH, 2.5))
     for ax, metric, label in ((ax_loss, "loss", "mean cross-entropy"), (ax_acc, "acc", "accuracy (%)")):
         scale = 100 if metric == "acc" else 1
-        ax.plot(history["epoch"], history[f"train_{metric}"] * scale, color="0.55", label="train")
-        ax.plot(history["epoch"], history[f"{split}_{metric}"] * scale, color="tab:red", label=split)
+        ax.plot(history["epoch"], history[f"train_{metric}"] * scale, color="0.6", linestyle="--", label="train")
+        ax.plot(history["epoch"], history[f"{split}_{metric}"] * scale, color="black", label=split)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_ylabel(label)
         ax.legend()
+    ax_acc.set_ylim(0, 100)
+    top = max(loss_max or 0, float(history[["train_loss", f"{split}_loss"]].max().max()) * 1.05)
+    ax_loss.set_ylim(0, top)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
@@ -83,13 +118,12 @@ def run_curves(history, split: str = "test", title: str | None = None):
 
 def pixel_histograms(raw, normalised):
     """Per-channel pixel histograms before (0..255) and after the report's normalisation."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2))
-    colors = ("tab:red", "tab:green", "tab:blue")
+    fig, axes = plt.subplots(1, 2, figsize=(WIDTH, 2.4))
+    colors = ("#D55E00", "#009E73", "#0072B2")
     for c, (name, color) in enumerate(zip(("red", "green", "blue"), colors)):
-        axes[0].hist(np.asarray(raw[:, c]).ravel(), bins=64, range=(0, 255), histtype="step", color=color,
-                     label=name, density=True)
-        axes[1].hist(np.asarray(normalised[:, c]).ravel(), bins=64, range=(-1, 1), histtype="step", color=color,
-                     label=name, density=True)
+        style = {"histtype": "step", "color": color, "label": name, "density": True, "linestyle": ("-", "--", ":")[c]}
+        axes[0].hist(np.asarray(raw[:, c]).ravel(), bins=64, range=(0, 255), **style)
+        axes[1].hist(np.asarray(normalised[:, c]).ravel(), bins=64, range=(-1, 1), **style)
     axes[0].set_xlabel("pixel value (uint8)")
     axes[1].set_xlabel("after (x/255 - 0.5) / 0.5")
     for ax in axes:
@@ -99,13 +133,15 @@ def pixel_histograms(raw, normalised):
     return fig
 
 
-def image_grid(images, titles=None, ncols: int = 10, size: float = 1.1, row_labels=None):
-    """A grid of uint8 images (N, 3, H, W) with optional per-image titles or per-row labels."""
+def image_grid(images, titles=None, ncols: int = 10, row_labels=None):
+    """A grid of uint8 images (N, 3, H, W), as wide as the page, with optional per-image titles or
+    per-row labels."""
     images = np.asarray(images)
     n = len(images)
     nrows = -(-n // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * size + (1 if row_labels else 0),
-                                                    nrows * size * (1.25 if titles else 1)),
+    label_width = 0.8 if row_labels is not None else 0.0
+    size = (WIDTH - label_width) / ncols
+    fig, axes = plt.subplots(nrows, ncols, figsize=(WIDTH, nrows * (size + (0.2 if titles is not None else 0))),
                              squeeze=False, dpi=72)   # small inline; save_figure still writes 200 dpi
     for i, ax in enumerate(axes.flat):
         ax.set_xticks([])
@@ -116,21 +152,24 @@ def image_grid(images, titles=None, ncols: int = 10, size: float = 1.1, row_labe
         if i < n:
             ax.imshow(images[i].transpose(1, 2, 0), interpolation="nearest")
             if titles is not None:
-                ax.set_title(titles[i], fontsize=7)
+                ax.set_title(titles[i], fontsize=MIN_FONT, pad=2)
         if row_labels is not None and i % ncols == 0 and i // ncols < len(row_labels):
-            ax.set_ylabel(row_labels[i // ncols], rotation=0, ha="right", va="center", fontsize=9)
+            ax.set_ylabel(row_labels[i // ncols], rotation=0, ha="right", va="center", fontsize=8)
+    fig.subplots_adjust(left=label_width / WIDTH, right=1, wspace=0.05, hspace=0.3 if titles is not None else 0.05)
     return fig
 
 
 def confusion(matrix, ax=None, classes=CLASSES, title: str | None = None):
-    """Row-normalised confusion matrix (true class by row) as a heatmap in percent."""
+    """Row-normalised confusion matrix as a heatmap: each row a true class, each cell the percentage of
+    that class's test images predicted as the column's class (a row sums to 100)."""
     ax = ax or plt.gca()
     m = np.asarray(matrix, dtype=float)
     m = 100 * m / m.sum(1, keepdims=True)
-    sns.heatmap(m, annot=True, fmt=".0f", cmap="Blues", cbar=False, square=True, ax=ax,
-                xticklabels=classes, yticklabels=classes, annot_kws={"fontsize": 7})
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    sns.heatmap(m, annot=True, fmt=".0f", cmap="Greys", vmin=0, vmax=100, cbar=False, square=True, ax=ax,
+                xticklabels=classes, yticklabels=classes, annot_kws={"fontsize": MIN_FONT})
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.tick_params(length=0, labelsize=MIN_FONT)
     if title:
         ax.set_title(title)
     return ax
@@ -146,7 +185,8 @@ def seed_bands(histories: dict, column: str, ax=None, ylabel: str | None = None,
         if not runs:
             continue
         table = pd.concat(runs, axis=1)
-        ax.plot(table.index, table.mean(axis=1), color=COLORS[variant], label=f"{VARIANTS[variant]} ({len(runs)} seeds)")
+        ax.plot(table.index, table.mean(axis=1), label=f"{VARIANTS[variant]} ({len(runs)} seeds)",
+                **model_style(variant, len(table)))
         ax.fill_between(table.index, table.min(axis=1), table.max(axis=1), color=COLORS[variant], alpha=0.2, lw=0)
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
@@ -156,24 +196,51 @@ def seed_bands(histories: dict, column: str, ax=None, ylabel: str | None = None,
 
 
 def ladder(table: pd.DataFrame):
-    """The ablation ladder: validation accuracy per step (ladder steps dark, side branches light and marked
-    with an arrow), each bar labelled with the step's parameters and training minutes."""
-    labels = [textwrap.fill(("↳ " if b else "") + c, 42) for b, c in zip(table["branch"], table["change"])]
-    fig, ax = plt.subplots(figsize=(11, sum(0.2 * (l.count("\n") + 1) + 0.25 for l in labels) + 1.2))
+    """The ablation ladder: validation accuracy per step on an axis from 0 (ladder steps dark, side branches
+    light and marked with an arrow), each bar labelled with the step's parameters and training minutes."""
+    labels = [textwrap.fill(("↳ " if b else "") + c, 40) for b, c in zip(table["branch"], table["change"])]
+    fig, ax = plt.subplots(figsize=(WIDTH, sum(0.13 * (l.count("\n") + 1) + 0.12 for l in labels) + 0.8))
     y = range(len(table))[::-1]
-    colors = ["tab:gray" if b else "tab:blue" for b in table["branch"]]
-    ax.barh(list(y), table["val acc"], color=colors)
-    low = max(0.0, table["val acc"].min() - 10)
+    colors = ["0.75" if b else "0.25" for b in table["branch"]]
+    ax.barh(list(y), table["val acc"], color=colors, height=0.7)
     for yi, (_, row) in zip(y, table.iterrows()):
-        ax.text(row["val acc"] + 0.3, yi, f"{row['val acc']:.1f}%  ·  {row['parameters'] / 1e6:.2f}M params  ·  "
-                f"{row['minutes']:.0f} min", va="center", fontsize=8)
-    ax.set_yticks(list(y), labels, fontsize=9)
-    ax.set_xlim(low, min(100.0, table["val acc"].max() + 12))
-    ax.set_xlabel("validation accuracy after the last epoch (%)")
+        ax.text(row["val acc"] + 1, yi, f"{row['val acc']:.1f}%  {row['parameters'] / 1e6:.2f}M  "
+                f"{row['minutes']:.0f} min", va="center", fontsize=MIN_FONT)
+    ax.set_yticks(list(y), labels, fontsize=MIN_FONT)
+    ax.set_xlim(0, 135)
+    ax.set_xticks(range(0, 101, 20))
+    ax.set_xlabel("validation accuracy after the last epoch (%); labels: accuracy, parameters, training time")
     ax.grid(axis="y", visible=False)
-    kept = matplotlib.patches.Patch(color="tab:blue", label="ladder step (kept)")
-    branch = matplotlib.patches.Patch(color="tab:gray",
-                                      label="↳ side branch from the last ladder step above it (not kept)")
-    ax.legend(handles=[kept, branch], loc="lower left", bbox_to_anchor=(0, 1), ncol=2, fontsize=8)
+    kept = matplotlib.patches.Patch(color="0.25", label="ladder step (kept)")
+    branch = matplotlib.patches.Patch(color="0.75", label="↳ side branch from the last step above it (not kept)")
+    ax.legend(handles=[kept, branch], loc="lower left", bbox_to_anchor=(0, 1), ncol=2)
+    fig.tight_layout()
+    return fig
+
+
+def ladder_curves(table: pd.DataFrame, histories: dict, split: str = "val"):
+    """Validation accuracy per epoch of every trained ladder step, in two panels so that each line can
+    be followed: the model-3 steps with their side branches (dashed), then the compact network's steps.
+    Within a panel, later steps are darker."""
+    trained = table[~table["eval only"].astype(bool)]
+    compact_from = list(trained["step"]).index("compact") if "compact" in set(trained["step"]) else len(trained)
+    panels = [trained.iloc[:compact_from], trained.iloc[compact_from:]]
+    panels = [p for p in panels if len(p)]
+    fig, axes = plt.subplots(1, len(panels), figsize=(WIDTH, 3.4), sharey=True, squeeze=False)
+    for ax, rows, title in zip(axes[0], panels, ("model 3 and its branches", "compact network")):
+        main = rows[~rows["branch"].astype(bool)]
+        shades = {step: str(0.7 - 0.7 * i / max(1, len(main) - 1)) for i, step in enumerate(main["step"])}
+        for k, (_, row) in enumerate(rows.iterrows()):
+            h = histories[row["step"]]
+            style = ({"color": "#D55E00", "linestyle": "--", "marker": "os^"[k % 3], "markersize": 3}
+                     if row["branch"] else {"color": shades[row["step"]], "linestyle": "-"})
+            ax.plot(h["epoch"], h[f"{split}_acc"] * 100, label=textwrap.shorten(row["change"], 34, placeholder="..."),
+                    **style)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=1)
+    axes[0][0].set_ylabel("validation accuracy (%)")
+    axes[0][0].set_ylim(0, 100)
     fig.tight_layout()
     return fig
