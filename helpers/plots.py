@@ -155,7 +155,9 @@ def image_grid(images, titles=None, ncols: int = 10, row_labels=None):
                 ax.set_title(titles[i], fontsize=MIN_FONT, pad=2)
         if row_labels is not None and i % ncols == 0 and i // ncols < len(row_labels):
             ax.set_ylabel(row_labels[i // ncols], rotation=0, ha="right", va="center", fontsize=8)
-    fig.subplots_adjust(left=label_width / WIDTH, right=1, wspace=0.05, hspace=0.3 if titles is not None else 0.05)
+    height = fig.get_size_inches()[1]
+    fig.subplots_adjust(left=label_width / WIDTH, right=1, bottom=0, top=1 - (0.2 if titles is not None else 0.02) / height,
+                        wspace=0.05, hspace=0.3 if titles is not None else 0.05)
     return fig
 
 
@@ -198,8 +200,9 @@ def seed_bands(histories: dict, column: str, ax=None, ylabel: str | None = None,
 def ladder(table: pd.DataFrame):
     """The ablation ladder: validation accuracy per step on an axis from 0 (ladder steps dark, side branches
     light and marked with an arrow), each bar labelled with the step's parameters and training minutes."""
-    labels = [textwrap.fill(("↳ " if b else "") + c, 40) for b, c in zip(table["branch"], table["change"])]
-    fig, ax = plt.subplots(figsize=(WIDTH, sum(0.13 * (l.count("\n") + 1) + 0.12 for l in labels) + 0.8))
+    labels = [textwrap.fill(("↳ " if b else "") + c, 62) for b, c in zip(table["branch"], table["change"])]
+    lines = max(label.count("\n") + 1 for label in labels)      # every bar's slot must hold the longest label
+    fig, ax = plt.subplots(figsize=(WIDTH, len(labels) * (0.125 * lines + 0.06) + 0.8))
     y = range(len(table))[::-1]
     colors = ["0.75" if b else "0.25" for b in table["branch"]]
     ax.barh(list(y), table["val acc"], color=colors, height=0.7)
@@ -239,7 +242,7 @@ def ladder_curves(table: pd.DataFrame, histories: dict, split: str = "val"):
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=1)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=1)
     axes[0][0].set_ylabel("validation accuracy (%)")
     axes[0][0].set_ylim(0, 100)
     fig.tight_layout()
