@@ -136,7 +136,8 @@ class _BatchUnpickler(pickle.Unpickler):
     so only the numpy array pieces that the format uses are let through."""
     ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
                ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
-               ("numpy._core.multiarray", "scalar")}
+               ("numpy._core.multiarray", "scalar"), ("numpy.core.numeric", "_frombuffer"),
+               ("numpy._core.numeric", "_frombuffer")}
 
     def find_class(self, module, name):
         if (module, name) not in self.ALLOWED:
@@ -145,8 +146,8 @@ class _BatchUnpickler(pickle.Unpickler):
         import numpy
         if module == "numpy":
             return getattr(numpy, name)
-        multiarray = getattr(numpy, "_core", None) or numpy.core
-        return getattr(multiarray.multiarray, name)
+        core = getattr(numpy, "_core", None) or numpy.core
+        return getattr(core.numeric if module.endswith("numeric") else core.multiarray, name)
 
 
 def _read_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:

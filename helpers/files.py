@@ -50,11 +50,12 @@ def atomic_write(path, write) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:        # torch.save reports a failed write as a RuntimeError
         tmp.unlink(missing_ok=True)
         kept = "its previous version is intact" if path.exists() else "no earlier version existed"
-        raise OSError(exc.errno, f"could not write {shown_path(path)} ({exc.strerror or exc}); {kept}. "
-                                 "Free some disk space or fix the folder's permissions, then run again") from None
+        raise OSError(getattr(exc, "errno", None), f"could not write {shown_path(path)} "
+                      f"({getattr(exc, 'strerror', None) or exc}); {kept}. Free some disk space or fix the "
+                      "folder's permissions, then run again") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -97,7 +98,10 @@ class FolderLock:
             f = open(self.path, "a+")
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            except OSError as exc:
+                if not isinstance(exc, BlockingIOError):   # a file system without locks (some network shares)
+                    f.close()
+                    return self
                 f.seek(0)
                 holder = f.read().strip() or "another process"
                 f.close()

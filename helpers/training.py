@@ -116,16 +116,18 @@ class TrainConfig:
         if self.validation < 0 or self.validation % 10:
             raise ValueError(f"validation must be 0 (evaluate on the test set) or a positive multiple of 10 "
                              f"(held-out training images, a tenth per class); got {self.validation!r}")
-        for field in ("lr", "weight_decay", "width", "label_smoothing", "bn_momentum", "logit_scale"):
+        for field in ("lr", "weight_decay", "width", "label_smoothing", "bn_momentum", "logit_scale", "momentum",
+                      "bias_lr"):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"{field} must be a finite number; got {value!r}")
         if self.lr <= 0 or self.weight_decay < 0:
             raise ValueError(f"lr must be positive and weight_decay zero or positive; got lr={self.lr}, "
                              f"weight_decay={self.weight_decay}")
-        if self.width <= 0 or not 0 <= self.label_smoothing < 1 or self.crop_pad < 0 or self.tta_shift < 0:
-            raise ValueError(f"width must be positive, label_smoothing in [0, 1), crop_pad and tta_shift zero or "
-                             f"positive; got {self.width}, {self.label_smoothing}, {self.crop_pad}, {self.tta_shift}")
+        if self.width <= 0 or not 0 <= self.label_smoothing < 1 or not 0 <= self.crop_pad < 16 \
+                or not 0 <= self.tta_shift < 16:
+            raise ValueError(f"width must be positive, label_smoothing in [0, 1), crop_pad and tta_shift from 0 to 15 "
+                             f"pixels; got {self.width}, {self.label_smoothing}, {self.crop_pad}, {self.tta_shift}")
         if self.whiten and self.model != "compact":
             raise ValueError("whiten needs model='compact' (the only model with a 2x2 patch stem)")
         changed = [k for k, v in self.compact_options().items() if v != COMPACT_DEFAULTS[k]]
@@ -463,11 +465,19 @@ def fit(config: TrainConfig, data: D.CIFAR10, run_name: str | None = None, resul
 
 def _load_finished(path: Path, config: TrainConfig, verbose: bool, replay: bool, locked: bool = False) -> Run:
     run = load_run(path)
-    if locked:
-        (path / "checkpoint.pt").unlink(missing_ok=True)
-    elif (path / "checkpoint.pt").exists() or (path / ".lock").exists():
-        with FolderLock(path):            # a kill after the run finished, before it tidied up: finish that
+    diff = run.config.differences(config)
+    if diff:      # config.json may be missing; metrics.json still says what was trained
+        raise RunConflictError(f"{shown_path(path)} holds a finished run of another configuration "
+                               f"({', '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in diff.items())}). It is "
+                               "kept as it is: train this configuration under another run name or results folder.")
+    try:          # a kill after the run finished, before it tidied up: finish that if no one else is here
+        if locked:
             (path / "checkpoint.pt").unlink(missing_ok=True)
+        elif (path / "checkpoint.pt").exists() or (path / ".lock").exists():
+            with FolderLock(path):
+                (path / "checkpoint.pt").unlink(missing_ok=True)
+    except (RunBusyError, OSError):
+        pass      # the run is loaded; tidying up can wait
     if verbose:
         split = run.config.eval_split
         h = run.history
@@ -484,7 +494,7 @@ def _load_finished(path: Path, config: TrainConfig, verbose: bool, replay: bool,
 
 def _load_checkpoint(ckpt_file: Path, dev: torch.device) -> dict:
     try:
-        ckpt = torch.load(ckpt_file, map_location=dev, weights_only=True)
+        ckpt = torch.load(ckpt_file, map_location="cpu", weights_only=True)   # RNG states must stay on the CPU
         if not isinstance(ckpt, dict) or not {"config", "model", "optimizer", "rng", "history"} <= set(ckpt):
             raise ValueError("not a checkpoint of this project")
         return ckpt
@@ -534,11 +544,13 @@ def _train(config: TrainConfig, saved: TrainConfig | None, data: D.CIFAR10, trai
         if schedule is not None:
             schedule.load_state_dict(ckpt["schedule"])
         _restore_rng(ckpt["rng"], shuffle)
-        if lookahead is not None:
-            lookahead.slow = ckpt.get("lookahead")
+        if lookahead is not None and ckpt.get("lookahead") is not None:
+            lookahead.slow = {k: v.to(dev) for k, v in ckpt["lookahead"].items()}
         history = [dict(row) for row in ckpt["history"]]
         changes = list(ckpt.get("changes") or [])
         _write_history(path, history)            # a kill may have come between the checkpoint and this file
+        if len(history) == config.epochs:       # killed after the last epoch: nothing is computed any more
+            config = before
         if before.precision != config.precision:
             changes.append({"after_epoch": len(history), "precision": [before.precision, config.precision],
                             "device": str(dev)})
@@ -550,6 +562,8 @@ def _train(config: TrainConfig, saved: TrainConfig | None, data: D.CIFAR10, trai
                   f"{shown_path(ckpt_file)}.{moved}")
     if saved is None:
         save_json(dataclasses.asdict(config), path / "config.json")
+    for stale in path.glob("*.tmp"):              # left by a process killed while it wrote; we hold the lock
+        stale.unlink(missing_ok=True)
 
     # tqdm's notebook bar ignores TQDM_DISABLE, so honour it here (papermill runs set it)
     show_bar = progress if progress is not None else not os.environ.get("TQDM_DISABLE")
@@ -632,7 +646,8 @@ def _train(config: TrainConfig, saved: TrainConfig | None, data: D.CIFAR10, trai
 def _stop_if_diverged(loss: float, what: str, epoch: int, config: TrainConfig, path: Path) -> None:
     if math.isfinite(loss):
         return
-    kept = (f"the checkpoint after epoch {epoch - 1} is kept" if epoch > 1 else "no epoch finished, nothing was kept")
+    kept = (f"the checkpoint after epoch {epoch - 1} is kept" if epoch > 1 else
+            "no epoch finished; only its config.json was written")
     raise DivergedError(
         f"{shown_path(path)}: the {what} loss is {loss} in epoch {epoch}: training diverged with lr={config.lr:g} "
         f"and stopped before saving this epoch ({kept}; no result was written). Train again with a lower "

@@ -56,6 +56,8 @@ BAD_OPTIONS = [
     (dict(head="softmax"), "head must be one of linear, author"),
     (dict(precision="fp16"), "precision must be one of fp32, bf16, auto"),
     (dict(label_smoothing=1.5), "label_smoothing in \\[0, 1\\)"),
+    (dict(crop_pad=32), "crop_pad and tta_shift from 0 to 15 pixels"),
+    (dict(model="compact", optimizer="sgd", bias_lr=float("inf")), "bias_lr must be a finite number"),
 ]
 
 
@@ -291,3 +293,22 @@ def test_a_conflicting_configuration_keeps_the_finished_run_and_never_advises_de
     with pytest.raises(H.RunConflictError) as info:
         _fit(fake_data, results, name="done", epochs=3)
     assert "epochs: 2 there, 3 now" in str(info.value) and "delete" not in str(info.value).lower()
+
+
+def test_a_finished_run_without_its_config_file_is_still_compared(fake_data, results):
+    (results / "done" / "config.json").rename(results / "config.json.aside")
+    try:
+        with pytest.raises(H.RunConflictError, match="finished run of another configuration .*epochs: 2 there, 3 now"):
+            _fit(fake_data, results, name="done", epochs=3)
+    finally:
+        (results / "config.json.aside").rename(results / "done" / "config.json")
+
+
+def test_a_protocol_5_pickle_of_the_same_arrays_is_accepted(fake_root, tmp_path):
+    root = _copy(fake_root, tmp_path)
+    folder = root / "cifar-10-batches-py"
+    with open(folder / "data_batch_1", "rb") as f:
+        batch = pickle.load(f)
+    with open(folder / "data_batch_1", "wb") as f:
+        pickle.dump(batch, f, protocol=5)
+    assert len(H.load_cifar10(root, download=False, verbose=False).train) == 500
