@@ -9,6 +9,7 @@ not be written and that its previous version is intact.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -146,6 +147,14 @@ def cached(path, key: dict, compute):
     path.parent.mkdir(parents=True, exist_ok=True)
     save_json({"key": key, "value": value}, path)
     return value
+
+
+def digest(*tensors) -> str:
+    """A SHA-1 of tensors' bytes, for cache keys that must change when the inputs do."""
+    h = hashlib.sha1()
+    for t in tensors:
+        h.update(t.cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 # ---------------------------------------------------------------- provenance

@@ -7,7 +7,6 @@ from ``results/``, so the text cannot disagree with the data.
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pandas as pd
@@ -15,7 +14,7 @@ import torch
 
 from .data import project_path
 from .evaluation import predict
-from .files import cached
+from .files import cached, digest
 from .models import VARIANTS
 from .training import Run, load_run, runnable_precision
 
@@ -72,7 +71,7 @@ def test_predictions(run: Run, images: torch.Tensor, device=None) -> torch.Tenso
                          tta_shift=run.config.tta_shift)
         run.model.cpu()
         return {"predicted": logits.argmax(1).cpu().tolist(), "precision": precision}
-    key = {"images": hashlib.sha1(images.cpu().contiguous().numpy().tobytes()).hexdigest(),
+    key = {"images": digest(images),
            "config": run.config.identity()}
     return torch.tensor(cached(run.path / "test_predictions.json", key, measure)["predicted"])
 

@@ -6,14 +6,12 @@ re-rendering notebook 02 reads them back instead of training three models for a 
 """
 from __future__ import annotations
 
-import hashlib
-
 import torch
 import torch.nn.functional as F
 
 from .data import CIFAR10, normalize
 from .evaluation import evaluate
-from .files import cached, project_path
+from .files import cached, digest, project_path
 from .models import VARIANTS, build_model
 
 
@@ -40,13 +38,6 @@ def overfit_one_batch(model: torch.nn.Module, images: torch.Tensor, labels: torc
     return losses
 
 
-def _digest(*tensors: torch.Tensor) -> str:
-    h = hashlib.sha1()
-    for t in tensors:
-        h.update(t.cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def initial_losses(data: CIFAR10, seed: int = 0, images: int = 1000, results_dir="results") -> dict[str, float]:
     """Each variant's mean test loss at initialisation (seeded), on the first ``images`` test images."""
     x, y = normalize(data.test.images[:images]), data.test.labels[:images]
@@ -57,7 +48,7 @@ def initial_losses(data: CIFAR10, seed: int = 0, images: int = 1000, results_dir
             torch.manual_seed(seed)
             out[name] = evaluate(build_model(name), x, y)["loss"]
         return out
-    key = {"seed": seed, "images": _digest(x, y), "torch": torch.__version__}
+    key = {"seed": seed, "images": digest(x, y), "torch": torch.__version__}
     return cached(project_path(results_dir) / "sanity" / "initial_losses.json", key, measure)
 
 
@@ -72,7 +63,7 @@ def one_batch_curves(data: CIFAR10, seed: int = 0, steps: int = 100, batch: int 
             torch.manual_seed(seed)
             out[name] = overfit_one_batch(build_model(name), x, y, steps=steps)
         return out
-    key = {"seed": seed, "steps": steps, "images": _digest(x, y), "torch": torch.__version__}
+    key = {"seed": seed, "steps": steps, "images": digest(x, y), "torch": torch.__version__}
     return cached(project_path(results_dir) / "sanity" / "one_batch.json", key, measure)
 
 

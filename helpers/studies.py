@@ -9,7 +9,6 @@ Like ``results``, every number these functions put in a sentence is read from fi
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ from . import data as D
 from .evaluation import device_of, evaluate, predict, refresh_batchnorm
 from .models import VARIANTS, batchnorm_layers
 from .results import overfits
-from .files import atomic_write, cached, save_json
+from .files import atomic_write, cached, digest, save_json
 from .training import Run, TrainConfig, fit, load_run, pick_device, resolve_precision, runnable_precision, splits
 
 
@@ -174,7 +173,7 @@ def unused_logit_share(run: Run, images: torch.Tensor) -> dict:
                 "predictions outside 0-9 %": 100 * (probs.argmax(1) >= 10).float().mean().item(),
                 "largest class output": logits[:, :10].max(1).values.mean().item(),
                 "largest unused output": logits[:, 10:].max(1).values.mean().item(), "precision": precision}
-    key = {"images": hashlib.sha1(images.cpu().contiguous().numpy().tobytes()).hexdigest(),
+    key = {"images": digest(images),
            "config": run.config.identity()}
     measured = cached(run.path / "unused_outputs.json", key, measure)
     return {k: v for k, v in measured.items() if k != "precision"}
