@@ -4,10 +4,13 @@ One module per concern: ``files`` (project paths, atomic writes, the folder lock
 measurements), ``data`` (load, check, split, batch), ``models`` (the
 three variants), ``sanity`` (initial loss and one-batch checks), ``training`` (``fit`` with checkpoints and resume),
 ``evaluation`` (accuracy, loss, confusion matrix) and ``plots`` (style and
-``save_figure``), ``tables`` (how a table is shown). ``results`` turns finished runs into tables and prose; ``studies`` does the same for
-the follow-up studies (seeds, the author's head, the ablation ladder).
+``save_figure``), ``tables`` (how a table is shown), ``wording`` (the report's text templates in
+``report/text/``). ``results`` turns finished runs into tables and prose; ``studies`` does the same for
+the follow-up studies (seeds, the author's head, the ablation ladder); ``explain`` (class activation
+maps, Grad-CAM) and ``calibration`` (reliability, temperature scaling) measure what finished models learned.
 """
-from . import data, evaluation, files, models, plots, results, sanity, studies, tables, training
+from . import (calibration, data, evaluation, explain, files, models, plots, results, sanity, studies, tables, training,
+               wording)
 from .data import (CLASSES, CIFAR10, DataError, balanced_subset, channel_stats, examples_per_class, hold_out,
                    load_cifar10, normalize)
 from .evaluation import author_loss_scale, confusion_matrix, evaluate, per_class_accuracy, predict
@@ -18,7 +21,8 @@ from .training import (DivergedError, Run, RunConflictError, RunDataError, Train
                        pick_device, print_setup)
 
 __all__ = [
-    "data", "evaluation", "files", "models", "plots", "results", "sanity", "studies", "tables", "training",
+    "calibration", "data", "evaluation", "explain", "files", "models", "plots", "results", "sanity", "studies",
+    "tables", "training", "wording",
     "CLASSES", "CIFAR10", "DataError", "balanced_subset", "channel_stats", "examples_per_class", "hold_out",
     "load_cifar10", "normalize",
     "author_loss_scale", "confusion_matrix", "evaluate", "per_class_accuracy", "predict",

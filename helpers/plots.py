@@ -247,3 +247,74 @@ def ladder_curves(table: pd.DataFrame, histories: dict, split: str = "val"):
     axes[0][0].set_ylim(0, 100)
     fig.tight_layout()
     return fig
+
+
+def activation_maps(images, rows: dict, titles=None, captions: dict | None = None):
+    """Test images (top row, uint8 (N, 3, H, W)) and, in each further row, one map per image (N, h, w)
+    drawn over the image in grey: its positive part, scaled to the map's own maximum and smoothed to the
+    image's size, in a colour scale whose brightness rises with the evidence (it prints in greyscale).
+    ``rows`` maps a row label to its maps; ``titles`` gives one text per image above it, ``captions`` a
+    row label to one short text per map, drawn above the map."""
+    images = np.asarray(images)
+    n, nrows = len(images), len(rows) + 1
+    label_width = 1.1
+    size = (WIDTH - label_width) / n
+    fig, axes = plt.subplots(nrows, n, figsize=(WIDTH, nrows * (size + 0.16) + 0.2), squeeze=False, dpi=72)
+    grey = images.astype(float).mean(1) / 255
+    side = images.shape[-1]
+    for r, (label, maps) in enumerate([(None, None), *rows.items()]):
+        for i in range(n):
+            ax = axes[r][i]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            ax.grid(False)
+            for spine in ax.spines.values():
+                spine.set_visible(False)
+            if maps is None:
+                ax.imshow(images[i].transpose(1, 2, 0), interpolation="nearest")
+                if titles is not None:
+                    ax.set_title(titles[i], fontsize=MIN_FONT, pad=2)
+                continue
+            m = np.clip(np.asarray(maps[i], dtype=float), 0, None)
+            m = m / m.max() if m.max() > 0 else m
+            extent = (-0.5, side - 0.5, side - 0.5, -0.5)
+            ax.imshow(grey[i], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            ax.imshow(m, cmap="inferno", vmin=0, vmax=1, alpha=0.6, interpolation="bilinear", extent=extent)
+            if captions and label in captions:
+                ax.set_title(captions[label][i], fontsize=MIN_FONT, pad=2)
+        axes[r][0].set_ylabel("image" if maps is None else label, rotation=0, ha="right", va="center", fontsize=MIN_FONT)
+    fig.subplots_adjust(left=label_width / WIDTH, right=1, bottom=0.02, top=0.96, wspace=0.05, hspace=0.35)
+    return fig
+
+
+def reliability(bins: dict, titles: dict | None = None, notes: dict | None = None, styles: dict | None = None,
+                min_images: int = 20):
+    """Reliability diagrams, one panel per model: accuracy against mean confidence per confidence bin,
+    before (the model's colour and marker) and after temperature scaling (grey, open markers), beside
+    the diagonal of perfect calibration. ``bins`` maps a run to ``(before, after)`` tables with the
+    columns ``images``, ``confidence`` and ``accuracy`` (0-1); bins of fewer than ``min_images`` images
+    are left out (their accuracy is noise). ``styles`` maps a run to the model whose look it takes;
+    ``notes`` adds a line of text per panel."""
+    fig, axes = plt.subplots(1, len(bins), figsize=(WIDTH, 2.2), sharey=True, squeeze=False)
+    for ax, (name, (before, after)) in zip(axes[0], bins.items()):
+        ax.plot([0, 100], [0, 100], color="0.7", linestyle=":", linewidth=1)
+        look = (styles or {}).get(name, name)
+        for table, style in ((before, dict(model_style(look), label="as trained")),
+                             (after, {"color": "0.45", "marker": MARKERS.get(look, "o"), "markerfacecolor": "white",
+                                      "linestyle": "--", "label": "temperature-scaled"})):
+            table = pd.DataFrame(table)
+            table = table[table["images"] >= min_images]
+            style.pop("markevery", None)
+            ax.plot(table["confidence"] * 100, table["accuracy"] * 100, **style)
+        ax.set_xlim(0, 100)
+        ax.set_ylim(0, 100)
+        ax.set_xticks([0, 50, 100])
+        ax.set_title((titles or {}).get(name, VARIANTS.get(name, name)), fontsize=MIN_FONT + 1)
+        ax.set_xlabel("confidence (%)")
+        if notes and name in notes:
+            ax.text(97, 4, notes[name], ha="right", va="bottom", fontsize=MIN_FONT)
+    axes[0][0].set_ylabel("accuracy (%)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2)
+    fig.tight_layout()
+    return fig

@@ -101,7 +101,26 @@ def follow_up(results: Path) -> str:
                   f"Models 2 and 3 trained once more with the author's output ({int(heads['epochs'].max())} epochs, "
                   "same seed, notebook 07) against the 10-way head:", "", H.studies.head_findings(heads), "",
                   "![The author's head](figures/author_head.png)", ""]
-    return "\n".join(parts).strip() or "_The follow-up studies have not been run yet (notebooks 07 to 09)._"
+    parts += [learned(results)]
+    return "\n".join(parts).strip() or "_The follow-up studies have not been run yet (notebooks 07 to 10)._"
+
+
+def learned(results: Path) -> str:
+    """Notebook 10's calibration and class-activation-map findings in a paragraph, from what it saved."""
+    names = [*H.VARIANTS, "final"]
+    folder = REPO / results
+    stats_file = folder / "studies" / "cam_statistics.json"
+    if not stats_file.exists() or not all((folder / n / "calibration.json").exists() for n in names):
+        return ""
+    runs = {n: H.load_run(folder / n, weights=False) for n in names}
+    measured = {n: json.loads((folder / n / "calibration.json").read_text())["value"] for n in names}
+    rises = {n: H.calibration.loss_rise(runs[n], m) for n, m in measured.items()}
+    fields = H.calibration.report_fields(measured, rises, runs, {n: n for n in names})
+    fields.update(H.explain.cam_fields(json.loads(stats_file.read_text())["value"]))
+    removed = [fields["removed_fc"], fields["removed_avgpool"]]
+    fields["climb_sentence"] = "" if any(r != r for r in removed) else H.wording.fill(
+        "readme_climb", removed_fc=removed[0], removed_avgpool=removed[1]) + " "
+    return H.wording.fill("readme_learned", **fields)
 
 
 def main(argv=None):

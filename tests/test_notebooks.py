@@ -14,7 +14,8 @@ from conftest import REPO, real_root, requires_real_data
 
 FIGURES = ["class_balance", "examples_per_class", "pixel_histograms", "parameters_per_layer", "overfit_one_batch",
            "curves_fc", "curves_avgpool", "curves_avgpool_dropout", "test_accuracy", "test_loss", "train_vs_test",
-           "confusion_matrices", "per_class_accuracy", "misclassified", "author_head", "seeds", "ladder", "ladder_curves"]
+           "confusion_matrices", "per_class_accuracy", "misclassified", "author_head", "seeds", "ladder", "ladder_curves",
+           "class_activation_maps", "reliability"]
 
 
 def run_notebooks(out: Path, root: Path, extra: list[str], only=()):
@@ -45,6 +46,12 @@ def check_outputs(out: Path):
     final = json.loads((out / "results" / "studies" / "final.json").read_text())
     assert 0 <= final["test_acc"] <= 1 and final["epochs"] == 1
     assert "The author's hypothesis" in (out / "notebooks" / "09_beyond_90.ipynb").read_text()
+    cams = json.loads((out / "results" / "studies" / "cam_statistics.json").read_text())["value"]
+    assert set(cams["models"]) == set(H.VARIANTS)
+    for run in [*H.VARIANTS, "final"]:
+        calibration = json.loads((out / "results" / run / "calibration.json").read_text())["value"]
+        assert calibration["before"]["accuracy"] == calibration["after"]["accuracy"]
+    assert "What we found" in (out / "notebooks" / "10_what_the_networks_learned.ipynb").read_text()
     made = {p.name for p in (out / "figures").iterdir()}
     assert {f"{name}.{ext}" for name in FIGURES for ext in ("png", "pdf")} <= made
     for nb in (out / "notebooks").glob("*.ipynb"):
@@ -67,7 +74,7 @@ def _outputs(path: Path) -> list:
 @pytest.mark.slow
 def test_every_notebook_runs_on_generated_data(fake_root, tmp_path):
     log = run_notebooks(tmp_path, fake_root, [])
-    assert log.count("done in") == 9
+    assert log.count("done in") == 10
     check_outputs(tmp_path)
     # the analysis notebook runs on its own from saved results, training nothing
     for f in (tmp_path / "figures").iterdir():
@@ -87,7 +94,8 @@ def test_every_notebook_runs_on_generated_data(fake_root, tmp_path):
     spec.loader.exec_module(update_readme)
     text = update_readme.follow_up(tmp_path / "results")
     for part in ("The final model", "Ablation ladder", "The author's hypothesis", "Why BatchNorm seems to hurt",
-                 "Seed study", "conclusions hold in every seed", "256-logit head", "figures/ladder.png"):
+                 "Seed study", "conclusions hold in every seed", "256-logit head", "figures/ladder.png",
+                 "What the networks learned", "figures/reliability.png"):
         assert part in text
 
 

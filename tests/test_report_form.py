@@ -23,7 +23,7 @@ def _texts(cell):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_committed_notebook_outputs_are_short_and_machine_independent(path):
     nb = json.loads(path.read_text())
-    assert len(NOTEBOOKS) == 9
+    assert len(NOTEBOOKS) == 10
     for i, cell in enumerate(nb["cells"]):
         for out in cell.get("outputs", []):
             if "text" in out:
