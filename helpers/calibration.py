@@ -188,7 +188,8 @@ def report_fields(measured: dict, rises: dict, runs: dict, names: dict) -> dict:
                   f"ece_{s}": m["before"]["ece"], f"ece_{s}_after": m["after"]["ece"],
                   f"t_{s}": sum(m["temperatures"]) / 2, f"removed_{s}": rises[n]["climb removed"]})
     pair = [f["fc_direction"], f["avgpool_direction"]]
-    f["pair_direction"] = f"both {pair[0]}" if pair[0] == pair[1] else f"{pair[0]} and {pair[1]} respectively"
+    f["pair_direction"] = (f"both end {pair[0]}" if pair[0] == pair[1]
+                           else f"end {pair[0]} and {pair[1]} respectively")
     changed = [n for n, m in measured.items() if m["precision"] != runs[n].config.precision]
     shift = max((abs(measured[n]["before"]["accuracy"] - runs[n].history["test_acc"].iloc[-1] * 100) for n in changed),
                 default=0.0)

@@ -70,8 +70,8 @@ class CIFAR10:
     @property
     def source(self) -> str:
         """Where the images came from (a folder as ``shown_path`` writes it) and whether they are official."""
-        kind = "official archive" if self.official else "NOT the official archive (checksums differ)"
-        return f"{shown_path(self.root / BATCH_DIR)} ({kind})"
+        kind = "the official archive" if self.official else "not the official archive: its checksums differ"
+        return f"{shown_path(self.root / BATCH_DIR)}, {kind}"
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:

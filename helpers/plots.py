@@ -15,6 +15,7 @@ import textwrap
 from pathlib import Path
 
 import matplotlib
+import matplotlib.lines
 import matplotlib.patches
 import matplotlib.pyplot as plt
 import matplotlib.text
@@ -259,7 +260,7 @@ def activation_maps(images, rows: dict, titles=None, captions: dict | None = Non
     n, nrows = len(images), len(rows) + 1
     label_width = 1.1
     size = (WIDTH - label_width) / n
-    fig, axes = plt.subplots(nrows, n, figsize=(WIDTH, nrows * (size + 0.16) + 0.2), squeeze=False, dpi=72)
+    fig, axes = plt.subplots(nrows, n, figsize=(WIDTH, nrows * (size + 0.16) + 0.2), squeeze=False, dpi=110)
     grey = images.astype(float).mean(1) / 255
     side = images.shape[-1]
     for r, (label, maps) in enumerate([(None, None), *rows.items()]):
@@ -309,12 +310,14 @@ def reliability(bins: dict, titles: dict | None = None, notes: dict | None = Non
         ax.set_xlim(0, 100)
         ax.set_ylim(0, 100)
         ax.set_xticks([0, 50, 100])
-        ax.set_title((titles or {}).get(name, VARIANTS.get(name, name)), fontsize=MIN_FONT + 1)
+        title = (titles or {}).get(name, VARIANTS.get(name, name))
+        ax.set_title(title + (f"\n{notes[name]}" if notes and name in notes else ""), fontsize=MIN_FONT + 1)
         ax.set_xlabel("confidence (%)")
-        if notes and name in notes:
-            ax.text(97, 4, notes[name], ha="right", va="bottom", fontsize=MIN_FONT)
     axes[0][0].set_ylabel("accuracy (%)")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=2)
+    handles = [matplotlib.lines.Line2D([], [], color="0.2", marker="o", label="as trained (the model's colour)"),
+               matplotlib.lines.Line2D([], [], color="0.45", marker="o", markerfacecolor="white", linestyle="--",
+                                       label="temperature-scaled"),
+               matplotlib.lines.Line2D([], [], color="0.7", linestyle=":", label="perfect calibration")]
+    fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3)
     fig.tight_layout()
     return fig

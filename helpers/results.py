@@ -60,6 +60,13 @@ def load_runs(results_dir="results", names=tuple(VARIANTS)) -> dict[str, Run]:
     return runs
 
 
+def author_head_runs(results_dir="results") -> dict[str, Run]:
+    """Notebook 07's runs of models 2 and 3 with the author's 256-logit output, those that have finished."""
+    names = [f"{n}_author_head" for n in VARIANTS if n != "fc"]
+    return {n: load_run(Path(project_path(results_dir)) / n) for n in names
+            if (project_path(results_dir) / n / "metrics.json").exists()}
+
+
 def test_predictions(run: Run, images: torch.Tensor, device=None) -> torch.Tensor:
     """The class ``run``'s final weights predict for each of ``images`` (normalised), with the run's own
     test-time options. Measured once and kept beside the run (``test_predictions.json``, with the
@@ -101,7 +108,7 @@ def timing(h: pd.DataFrame, env: dict) -> str:
     median, total = h["seconds"].median(), h["seconds"].sum()
     slow = h["seconds"] > 1.5 * median
     text = (f"Training took {total / 60:.1f} minutes of wall time on {env.get('device', '?')} with "
-            f"{env.get('threads', '?')} threads, a typical (median) epoch {median:.1f} s")
+            f"{_threads(env.get('threads', '?'))}, a typical (median) epoch {median:.1f} s")
     if slow.any():
         text += (f"; {int(slow.sum())} of {len(h)} epochs took over 1.5 times that (up to {h['seconds'].max():.0f} s), "
                  f"slowed by other work on the machine, so {len(h) * median / 60:.1f} minutes is the time of an "
@@ -109,24 +116,39 @@ def timing(h: pd.DataFrame, env: dict) -> str:
     return text + "."
 
 
-def summary_table(runs: dict[str, Run]) -> pd.DataFrame:
-    """Ours beside the author's: accuracy in percent, epochs, parameters, minutes of training."""
-    rows = {}
+def _threads(n) -> str:
+    return f"{n} thread" + ("" if n == 1 else "s")
+
+
+def accuracy_table(runs: dict[str, Run], author_head: dict[str, Run] | None = None) -> pd.DataFrame:
+    """Test accuracy in percent, ours beside the author's, like with like: each of the author's rows
+    sits beside our run with the same output (the 256-logit head of models 2 and 3 where ``author_head``
+    holds those runs; our 10-way runs get their own rows). Best is the maximum over all evaluated
+    epochs, final the last one."""
+    rows = []
+    for name, run in runs.items():
+        same = (author_head or {}).get(f"{name}_author_head")
+        pairs = ([(same, "256 logits (author's)"), (run, "10-way (ours)")] if same else
+                 [(run, "10-way" if name == "fc" else "10-way (ours)")])
+        for k, (r, output) in enumerate(pairs):       # the author's numbers go beside the first, comparable row
+            acc = r.history[f"{_split(r)}_acc"] * 100
+            author = AUTHOR.loc[name] if k == 0 else {"best": float("nan"), "final": float("nan")}
+            rows.append({"model": VARIANTS[name], "output": output, "best": acc.max(), "final": acc.iloc[-1],
+                         "author best": author["best"], "author final": author["final"],
+                         "best - author": acc.max() - author["best"]})
+    return pd.DataFrame(rows)
+
+
+def epoch_table(runs: dict[str, Run]) -> pd.DataFrame:
+    """When each run peaked and when its loss was lowest, beside the author's epochs."""
+    rows = []
     for name, run in runs.items():
         h, s = run.history, _split(run)
-        acc = h[f"{s}_acc"] * 100
-        rows[name] = {
-            "epoch 1": acc.iloc[0], "epoch 10": acc.iloc[9] if len(h) >= 10 else float("nan"),
-            "best": acc.max(), "best epoch": int(h.loc[acc.idxmax(), "epoch"]), "final": acc.iloc[-1],
-            "lowest loss epoch": int(h.loc[h[f"{s}_loss"].idxmin(), "epoch"]),
-            "parameters": run.metrics["parameters"], "minutes": h["seconds"].sum() / 60,
-            "median s/epoch": h["seconds"].median()}
-    ours = pd.DataFrame(rows).T
-    author = AUTHOR.loc[ours.index].add_prefix("author ")
-    table = pd.concat([ours, author[["author best", "author best epoch", "author final",
-                                     "author lowest loss epoch", "author parameters"]]], axis=1)
-    table.index = [VARIANTS[n] for n in table.index]
-    return table
+        rows.append({"model": VARIANTS[name], "best epoch": int(h.loc[h[f"{s}_acc"].idxmax(), "epoch"]),
+                     "author best epoch": int(AUTHOR.loc[name, "best epoch"]),
+                     "lowest loss epoch": int(h.loc[h[f"{s}_loss"].idxmin(), "epoch"]),
+                     "author lowest loss epoch": int(AUTHOR.loc[name, "lowest loss epoch"]), "epochs": len(h)})
+    return pd.DataFrame(rows)
 
 
 def _first_epoch_from_which(mask: pd.Series, epochs: pd.Series):
@@ -143,6 +165,26 @@ def overfits(loss: pd.Series, epochs: pd.Series) -> bool:
     quarter would call a 30-epoch run whose loss bottoms out at epoch 8 and then doubles "not overfitting".)"""
     low_ep = int(epochs.iloc[loss.reset_index(drop=True).idxmin()])
     return low_ep <= max(2, len(loss) // 2) and loss.iloc[-1] - loss.min() > 0.1 * loss.min()
+
+
+def expectation(run: Run) -> str:
+    """How a report model's run compares with what its notebook expected from the author's run: whether
+    the evaluation loss climbs back (the author's lowest-loss epoch in the first half says it should)
+    and the best accuracy against the author's (``report/text/expectation.md``)."""
+    from .wording import fill
+    h, s, name = run.history, _split(run), run.config.model
+    author = AUTHOR.loc[name]
+    loss, acc = h[f"{s}_loss"], h[f"{s}_acc"] * 100
+    climbs, expected = overfits(loss, h["epoch"]), author["lowest loss epoch"] <= 50
+    shape = fill("expect_climb" if climbs else "expect_steady",
+                 verdict="As expected" if climbs == expected else "Unlike what we expected",
+                 low=int(h.loc[loss.idxmin(), "epoch"]), epochs=len(h), author_low=int(author["lowest loss epoch"]),
+                 ratio=loss.iloc[-1] / loss.min(), excess=(loss.iloc[-1] / loss.min() - 1) * 100,
+                 train=h["train_acc"].iloc[-1] * 100)
+    gap = acc.max() - author["best"]
+    return fill("expectation", shape=shape, author_best=author["best"], author_best_epoch=int(author["best epoch"]),
+                best=acc.max(), best_epoch=int(h.loc[acc.idxmax(), "epoch"]), gap=abs(gap),
+                gap_direction="above it" if gap > 0 else "below it")
 
 
 def findings(runs: dict[str, Run]) -> list[dict]:
@@ -286,9 +328,14 @@ def differences(runs: dict[str, Run], results_dir="results") -> str:
     text = "\n".join(lines) + "\n\nKnown causes of a difference:\n\n" + "\n".join(f"- {c}" for c in causes)
     if spread is not None:
         band = spread + (0 if official else JPEG_COST)
-        beyond = [VARIANTS[n] for n, r in runs.items()
+        heads = {name.removesuffix("_author_head"): run for name, run in author_head_runs(results_dir).items()}
+        compared = {**runs, **{n: r for n, r in heads.items() if n in runs}}     # like with like where 07 ran
+        beyond = [VARIANTS[n] for n, r in compared.items()
                   if abs(r.history[f"{s}_acc"].max() * 100 - AUTHOR.loc[n, "best"]) > band]
+        which = ("the author's output where notebook 07 trained it, else ours"
+                 if any(n in runs for n in heads) else "our 10-way output")
         text += (f"\n\nThe data copy and the seed together account for differences of up to about {band:.1f} "
-                 "points. " + ("Every model's best accuracy is within that of the author's." if not beyond else
-                               f"Beyond that: {', '.join(beyond)}; there the causes above do not explain the whole gap."))
+                 f"points. Compared with {which}: "
+                 + ("every model's best accuracy is within that of the author's." if not beyond else
+                    f"beyond that are {', '.join(beyond)}; there the causes above do not explain the whole gap."))
     return text

@@ -20,7 +20,7 @@ from . import data as D
 from .evaluation import device_of, evaluate, predict, refresh_batchnorm
 from .models import VARIANTS, batchnorm_layers
 from .results import overfits
-from .files import atomic_write, cached, digest, save_json
+from .files import atomic_write, cached, digest, project_path, read_json, save_json
 from .training import Run, TrainConfig, fit, load_run, pick_device, resolve_precision, runnable_precision, splits
 
 
@@ -103,7 +103,7 @@ def seed_table(histories: dict) -> pd.DataFrame:
             "final sd": final.std(ddof=1) if len(hs) > 1 else math.nan,
             "lowest loss epochs": ", ".join(str(int(h.loc[h["test_loss"].idxmin(), "epoch"])) for h in hs),
             "final/lowest loss": pd.Series([h["test_loss"].iloc[-1] / h["test_loss"].min() for h in hs]).mean()}
-    return pd.DataFrame(rows).T
+    return pd.DataFrame(rows).T.infer_objects()
 
 
 def seed_checks(histories: dict) -> list[dict]:
@@ -543,3 +543,63 @@ def final_seed_runs(config: TrainConfig, seeds, data: D.CIFAR10, results_dir="re
     return {seed: fit(dataclasses.replace(config, seed=seed), data, run_name=final_run_name(seed),
                       results_dir=results_dir, device=device, replay=False)
             for seed in seeds}
+
+
+def finished_final_seeds(results_dir="results") -> dict[int, Run]:
+    """The final recipe's finished runs by seed (seed 0 is ``final``), read without training anything; a
+    folder whose configuration differs from seed 0's in anything but the seed and the precision is skipped."""
+    root = project_path(results_dir)
+    found: dict[int, Run] = {}
+    if not (root / "final" / "metrics.json").exists():
+        return found
+    first = load_run(root / "final")
+    found[first.config.seed] = first
+    for path in sorted((root / "final_seeds").glob("seed*")):
+        if (path / "metrics.json").exists():
+            run = load_run(path)
+            if set(run.config.differences(first.config)) <= {"seed"}:
+                found[run.config.seed] = run
+    return dict(sorted(found.items()))
+
+
+def one_view_accuracy(run: Run, images: torch.Tensor | None, labels: torch.Tensor | None, device=None) -> float:
+    """Test accuracy (percent) of a run's final weights on one view per image, without its test-time
+    augmentation; measured once and kept in ``<run>/one_view.json``. Without images, the kept value
+    (NaN if none was measured)."""
+    if images is None:
+        path = run.path / "one_view.json"
+        return read_json(path)["value"]["accuracy"] if path.exists() else math.nan
+    device = torch.device(device) if device is not None else torch.device("cpu")
+
+    def measure():
+        precision = runnable_precision(run.config.precision, device)
+        accuracy = evaluate(run.model.to(device), images, labels.to(device), precision=precision)["accuracy"]
+        run.model.cpu()
+        return {"accuracy": accuracy * 100, "precision": precision}
+    key = {"images": digest(images, labels), "config": run.config.identity()}
+    return cached(run.path / "one_view.json", key, measure)["accuracy"]
+
+
+def final_seed_table(runs: dict[int, Run], images: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                     device=None) -> pd.DataFrame:
+    """Per seed of the final recipe: test accuracy with its test-time views and on one view, training
+    minutes, and where and in which precision it trained."""
+    rows = []
+    for seed, run in runs.items():
+        env = run.metrics.get("environment", {})
+        rows.append({"seed": seed, "test acc (%)": run.metrics["final_test_acc"] * 100,
+                     "one view (%)": one_view_accuracy(run, images, labels, device),
+                     "minutes": run.metrics["train_seconds"] / 60, "precision": run.config.precision,
+                     "device": f"{env.get('device', '?')}, {env.get('threads', '?')} threads"})
+    return pd.DataFrame(rows).set_index("seed")
+
+
+def final_seed_fields(table: pd.DataFrame, planned: int = 5) -> dict:
+    """Mean, standard deviation and minimum of the final recipe's accuracies over seeds, for the text."""
+    acc, one = table["test acc (%)"], table["one view (%)"]
+    sd = acc.std() if len(table) > 1 else math.nan
+    return {"n": len(table), "planned": planned, "mean": acc.mean(), "sd": sd,
+            "spread": "" if sd != sd else f" (standard deviation {sd:.2f} points)",
+            "low": acc.min(), "high": acc.max(), "one_mean": one.mean(), "one_low": one.min(),
+            "minutes_low": table["minutes"].min(), "minutes_high": table["minutes"].max(),
+            "precisions": ", ".join(f"seed {s}: {p}" for s, p in table["precision"].items())}

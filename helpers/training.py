@@ -223,7 +223,7 @@ def print_setup(parameters: dict, data: "D.CIFAR10 | None" = None, device: str |
     computes = f", precision {precision} -> {resolve_precision(precision, dev)}" if precision else ""
     print(f"torch {env['torch']}, Python {env['python']}; {dev} ({where}), {env['threads']} threads{computes}")
     if data is not None:
-        print(f"data: {data.source}" + ("" if data.official else "; a JPEG re-encoding, see the README's Data section"))
+        print(f"data: {data.source}" + ("" if data.official else " (README: Data)"))
     print("parameters: " + ", ".join(f"{k}={v!r}" for k, v in parameters.items()))
 
 
@@ -481,7 +481,7 @@ def _load_finished(path: Path, config: TrainConfig, verbose: bool, replay: bool,
     if verbose:
         split = run.config.eval_split
         h = run.history
-        note = (f"; trained in {run.config.precision}, here it would compute in {config.precision}"
+        note = (f"; trained in {run.config.precision}, this machine computes in {config.precision}"
                 if run.config.precision != config.precision else "")
         best = h[f"{split}_acc"].max()
         print(f"{path.name}: finished run loaded from {shown_path(path)} ({len(h)} epochs): best {split} accuracy "

@@ -54,7 +54,7 @@ def test_every_committed_run_loads_without_bf16(no_bf16, monkeypatch, device, ca
         assert len(run.history) == run.config.epochs
     out = capsys.readouterr().out
     assert out.count("finished run loaded") == len(COMMITTED) and "delete" not in out.lower()
-    assert "trained in bf16, here it would compute in fp32" in out
+    assert "trained in bf16, this machine computes in fp32" in out
 
 
 def test_a_run_resumed_in_another_precision_says_so_and_records_it(fake_data, tmp_path, monkeypatch, capsys):

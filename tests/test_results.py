@@ -1,5 +1,6 @@
 """The generated prose must follow the numbers: build histories with known shapes and check the verdicts."""
 import numpy as np
+import pytest
 import pandas as pd
 
 from helpers import results
@@ -76,10 +77,34 @@ def test_differences_name_the_gap_and_the_measured_causes(tmp_path):
     runs["avgpool"].history["test_acc"] = 0.70     # 10 points below the author's 80.0
     text = results.differences(runs, tmp_path)
     assert "up to 1.5 points" in text and "up to about 3.5 points" in text
-    assert "Beyond that: Average pooling;" in text
+    assert "beyond that are Average pooling;" in text
 
 
 def test_markdown_tables_format_numbers_and_leave_missing_ones_empty():
     table = pd.DataFrame({"step": ["first", "second"], "gain": [float("nan"), 1.25], "n": [1, 2]})
     assert results.markdown_table(table).splitlines() == [
         "| step | gain | n |", "|---|---|---|", "| first |  | 1 |", "| second | 1.2 | 2 |"]
+
+
+def test_each_authors_number_sits_beside_the_run_of_the_same_design():
+    runs = _author_like()
+    plain = results.accuracy_table(runs)
+    assert list(plain["output"]) == ["10-way", "10-way (ours)", "10-way (ours)"]
+    assert plain["author best"].tolist() == results.AUTHOR["best"].tolist()
+    head = _run("avgpool", np.full(100, 0.5), np.full(100, 0.79))
+    table = results.accuracy_table(runs, {"avgpool_author_head": head})
+    avg = table[table["model"] == "Average pooling"]
+    assert list(avg["output"]) == ["256 logits (author's)", "10-way (ours)"]
+    assert avg["best - author"].iloc[0] == pytest.approx(79 - 80.0) and np.isnan(avg["author best"].iloc[1])
+    epochs = results.epoch_table(runs).set_index("model")
+    assert epochs.loc["Fully connected head", "lowest loss epoch"] == 5
+    assert epochs.loc["Fully connected head", "author lowest loss epoch"] == 5
+
+
+def test_the_expectation_check_says_when_a_run_behaves_unlike_the_authors():
+    runs = _author_like()
+    assert "As expected, the test loss turns upward early" in results.expectation(runs["fc"])
+    assert "As expected, the test loss does not climb back" in results.expectation(runs["avgpool_dropout"])
+    steady = _run("fc", np.linspace(1.5, 0.5, 100), np.full(100, 0.70))
+    text = results.expectation(steady)
+    assert text.startswith("**Compared with the report.** Unlike what we expected") and "7.3 points below" in text
