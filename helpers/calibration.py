@@ -34,9 +34,18 @@ BINS = 15
 SURE = 0.99          # "over 99% sure"
 
 
+def confidence(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each image's predicted class (the arg-max of its logits) and the softmax probability of that class.
+    The probability is computed in float64 and taken at the logits' arg-max, so that a nearly flat or a
+    nearly one-hot softmax, whose float32 probabilities can tie, never picks another class."""
+    predicted = logits.argmax(1)
+    probs = F.softmax(logits.double(), 1)
+    return probs.gather(1, predicted[:, None]).squeeze(1), predicted
+
+
 def reliability(logits: torch.Tensor, labels: torch.Tensor, bins: int = BINS) -> pd.DataFrame:
     """Per confidence bin: its range, its number of images, their mean confidence and accuracy (0-1)."""
-    conf, predicted = F.softmax(logits.float(), 1).max(1)
+    conf, predicted = confidence(logits)
     correct = (predicted == labels).float()
     which = (conf * bins).ceil().clamp(1, bins).long() - 1          # (b/bins, (b+1)/bins] -> b
     rows = []
@@ -93,8 +102,7 @@ def cross_fitted(logits: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> t
 def summary(logits: torch.Tensor, labels: torch.Tensor) -> dict:
     """Accuracy, mean cross-entropy, ECE, mean confidence of right and wrong answers (all but the loss in
     percent) and the share of wrong answers given with over 99% confidence."""
-    probs = F.softmax(logits.float(), 1)
-    conf, predicted = probs.max(1)
+    conf, predicted = confidence(logits)
     right = predicted == labels
     wrong = ~right
     return {"accuracy": right.float().mean().item() * 100,

@@ -107,7 +107,7 @@ def run_curves(history, split: str = "test", title: str | None = None, loss_max:
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_ylabel(label)
-        ax.legend()
+        ax.legend(loc="lower right" if metric == "acc" else "best")
     ax_acc.set_ylim(0, 100)
     top = max(loss_max or 0, float(history[["train_loss", f"{split}_loss"]].max().max()) * 1.05)
     ax_loss.set_ylim(0, top)
@@ -237,13 +237,14 @@ def ladder_curves(table: pd.DataFrame, histories: dict, split: str = "val"):
         for k, (_, row) in enumerate(rows.iterrows()):
             h = histories[row["step"]]
             style = ({"color": "#D55E00", "linestyle": "--", "marker": "os^"[k % 3], "markersize": 3}
-                     if row["branch"] else {"color": shades[row["step"]], "linestyle": "-"})
+                     if row["branch"] else {"color": shades[row["step"]], "linestyle": "-", "markersize": 3,
+                                            "marker": "ovDs^<>pPX"[list(shades).index(row["step"]) % 10]})
             ax.plot(h["epoch"], h[f"{split}_acc"] * 100, label=textwrap.shorten(row["change"], 34, placeholder="..."),
                     **style)
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=1)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.36), ncol=1)
     axes[0][0].set_ylabel("validation accuracy (%)")
     axes[0][0].set_ylim(0, 100)
     fig.tight_layout()

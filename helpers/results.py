@@ -110,10 +110,14 @@ def timing(h: pd.DataFrame, env: dict) -> str:
     text = (f"Training took {total / 60:.1f} minutes of wall time on {env.get('device', '?')} with "
             f"{_threads(env.get('threads', '?'))}, a typical (median) epoch {median:.1f} s")
     if slow.any():
-        text += (f"; {int(slow.sum())} of {len(h)} epochs took over 1.5 times that (up to {h['seconds'].max():.0f} s), "
+        text += (f"; {int(slow.sum())} of {len(h)} epochs took over 1.5 times that (up to {_duration(h['seconds'].max())}), "
                  f"slowed by other work on the machine, so {len(h) * median / 60:.1f} minutes is the time of an "
                  "undisturbed run")
     return text + "."
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
 
 
 def _threads(n) -> str:
@@ -268,7 +272,7 @@ def conclusion(runs: dict[str, Run]) -> str:
     text = (f"Ranked by best {s} accuracy over {epochs} epochs: {ranking}. "
             + ("This is the author's order. " if same_order else "This is not the author's order. ")
             + "At the end of training the test loss is "
-            + ", ".join(f"{rises[n]:.1f}x its minimum for {VARIANTS[n]}" for n in runs) + ". "
+            + ", ".join(f"{rises[n]:.2f}x its minimum for {VARIANTS[n]}" for n in runs) + ". "
             + f"{held} of the author's {len(findings(runs))} findings hold in this run. ")
     if rises["avgpool_dropout"] < min(rises["fc"], rises["avgpool"]):
         text += ("The central conclusion stands: without regularisation both models overfit, and dropout "

@@ -40,6 +40,14 @@ def save_table(table: pd.DataFrame, name: str, results_dir="results") -> Path:
     return path
 
 
+SHORT_NAMES = {"fc": "FC", "avgpool": "AP", "avgpool_dropout": "AP+D"}     # models in dense evidence lists
+
+
+def _share(percent: float) -> str:
+    """A percentage for prose: one decimal, or "under 0.1%" / "none" rather than a row of zeros."""
+    return "none" if percent == 0 else "under 0.1%" if percent < 0.05 else f"{percent:.1f}%"
+
+
 # ---------------------------------------------------------------- seeds
 
 def history_prefix(longer: Run, config: TrainConfig) -> pd.DataFrame | None:
@@ -126,7 +134,7 @@ def seed_checks(histories: dict) -> list[dict]:
          {s: _loss_story(hs["avgpool"]) for s, hs in per_seed.items()}),
         ("Dropout ends with the lowest test loss of the three",
          {s: min(fl, key=fl.get) == "avgpool_dropout" for s, fl in final_loss.items()},
-         {s: " / ".join(f"{fl[v]:.2f}" for v in VARIANTS) for s, fl in final_loss.items()}),
+         {s: ", ".join(f"{SHORT_NAMES[v]} {fl[v]:.2f}" for v in VARIANTS) for s, fl in final_loss.items()}),
     ]
     return [{"claim": claim, "seeds": len(seeds), "held": sum(holds.values()),
              "evidence": "; ".join(f"seed {s}: {ev[s]}" for s in seeds)} for claim, holds, ev in checks]
@@ -212,11 +220,11 @@ def head_findings(table: pd.DataFrame) -> str:
                 f"training images {auth['train - test acc at end']:.1f} points better than the test images "
                 f"(10-way: {ten['train - test acc at end']:.1f}).")
         if pd.notna(auth.get("mass on unused outputs %")):
-            text += (f" It puts {auth['mass on unused outputs %']:.3f}% of its softmax mass on the 246 outputs that "
-                     f"are no class, and {auth['predictions outside 0-9 %']:.2f}% of its predictions land there.")
+            text += (f" It puts {_share(auth['mass on unused outputs %'])} of its softmax mass on the 246 outputs that "
+                     f"are no class, and {_share(auth['predictions outside 0-9 %'])} of its predictions land there.")
         if pd.notna(auth.get("largest class output")):
             text += (f" Its largest class output averages {auth['largest class output']:.1f} over the test images, "
-                     f"the largest of the unused ones {auth['largest unused output']:.2f}.")
+                     f"the largest of the unused ones {auth['largest unused output']:.2g}.")
         out.append(text)
     return "\n\n".join(out) or "_The comparison needs both heads of at least one model._"
 

@@ -5,6 +5,10 @@
     python scripts/run_notebooks.py --output build/quick -p epochs 3 -p train_subset 5000
     python scripts/run_notebooks.py --output /tmp/x --only 01 06
 
+Notebooks 03-05 have one source, ``notebooks/templates/train_model.ipynb``: each is that template
+with its own text (``report/text/notebooks/NAME.md``: the introduction, then ``<!-- next -->`` and
+the closing link) and its own ``model`` default, rendered to ``notebooks/NAME.ipynb``.
+
 Parameters given with -p go to every notebook that declares them in its
 ``parameters`` cell with another value; the others ignore them (so a re-run with the
 defaults leaves the notebooks' sources as they are). Prints how long each notebook took.
@@ -15,6 +19,7 @@ notebook in place (the partial copy stays beside it for inspection).
 """
 import argparse
 import ast
+import json
 import os
 import sys
 import time
@@ -26,11 +31,38 @@ import papermill as pm
 from helpers.data import shown_path
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
+TEXT = NOTEBOOKS.parent / "report" / "text" / "notebooks"
+# Numbered notebooks rendered from a shared template: name -> (template, its parameters' defaults there).
+RENDERED = {f"{stem}": ("train_model.ipynb", {"model": model})
+            for stem, model in [("03_train_fc", "fc"), ("04_train_avgpool", "avgpool"),
+                                ("05_train_avgpool_dropout", "avgpool_dropout")]}
+PLACEHOLDER = "<!-- filled from report/text/notebooks/"
 
 
-def declared_parameters(path: Path) -> dict:
-    """The names and default values of a notebook's ``parameters`` cell."""
-    nb = nbformat.read(path, as_version=4)
+def source(name: str):
+    """What to execute for the numbered notebook ``name``: the committed notebook itself, or, for one
+    rendered from a template, the template with this notebook's text, defaults and cell ids."""
+    if name not in RENDERED:
+        return NOTEBOOKS / f"{name}.ipynb"
+    template, defaults = RENDERED[name]
+    nb = nbformat.read(NOTEBOOKS / "templates" / template, as_version=4)
+    intro, _, closing = (TEXT / f"{name}.md").read_text().partition("<!-- next -->")
+    texts = iter([intro.strip(), closing.strip()])
+    for i, cell in enumerate(nb.cells):
+        cell.id = f"{name.replace('_', '-')}-{i:02d}"
+        if cell.cell_type == "markdown" and cell.source.startswith(PLACEHOLDER):
+            cell.source = next(texts)
+        if "parameters" in cell.metadata.get("tags", []):
+            lines = cell.source.splitlines()
+            for key, value in defaults.items():
+                lines = [f"{key} = {json.dumps(value)}" if ln.split("=")[0].strip() == key else ln for ln in lines]
+            cell.source = "\n".join(lines)
+    return nb
+
+
+def declared_parameters(path) -> dict:
+    """The names and default values of a notebook's (path or notebook node) ``parameters`` cell."""
+    nb = nbformat.read(path, as_version=4) if isinstance(path, (str, Path)) else path
     for cell in nb.cells:
         if "parameters" in cell.metadata.get("tags", []):
             tree = ast.parse(cell.source)
@@ -78,26 +110,30 @@ def main(argv=None) -> int:
     ap.add_argument("--only", nargs="*", help="notebook number prefixes to run, e.g. 01 06")
     args = ap.parse_args(argv)
     params = {k: parse_value(v) for k, v in args.p}
-    notebooks = sorted(p for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb") if not p.name.endswith(".running.ipynb"))
+    names = sorted({p.stem for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb") if not p.name.endswith(".running.ipynb")}
+                   | set(RENDERED))
     if args.only:
-        notebooks = [nb for nb in notebooks if nb.name[:2] in args.only]
+        names = [name for name in names if name[:2] in args.only]
+    notebooks = [NOTEBOOKS / f"{name}.ipynb" for name in names]
     if args.output:
         args.output.mkdir(parents=True, exist_ok=True)
     for nb in notebooks:
         out = nb if args.in_place else args.output / nb.name
         running = out.with_name(out.stem + ".running.ipynb")   # renamed over `out` only on success
-        declared = declared_parameters(nb)
+        src = source(nb.stem)
+        declared = declared_parameters(src)
         own = {k: v for k, v in params.items() if k in declared and declared[k] != v}
         start = time.perf_counter()
         print(f"{nb.name}: running with {own or 'its defaults'}", flush=True)
         try:
-            pm.execute_notebook(str(nb), str(running), parameters=own, cwd=str(NOTEBOOKS), progress_bar=False,
+            pm.execute_notebook(src if not isinstance(src, Path) else str(src), str(running), parameters=own, cwd=str(NOTEBOOKS), progress_bar=False,
                                 kernel_name="python3", config=kernel_config())
         except pm.PapermillExecutionError as exc:
             print(f"{nb.name} stopped: {exc.ename}: {exc.evalue}\n(the partial notebook is "
                   f"{shown_path(running)}; {shown_path(out)} is unchanged)", file=sys.stderr)
             return 1
-        record_paths(running, source=nb, target=out)
+        record_paths(running, source=src if isinstance(src, Path) else NOTEBOOKS / "templates" / RENDERED[nb.stem][0],
+                     target=out)
         os.replace(running, out)
         print(f"{nb.name}: done in {time.perf_counter() - start:.0f} s -> {shown_path(out)}", flush=True)
     return 0

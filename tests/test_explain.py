@@ -152,3 +152,11 @@ def test_cam_fields_words_what_the_numbers_say():
     assert f["centre_verdict"].startswith("all three favour the centre, yet")
     text = wording.fill("cams", **f)
     assert "{" not in text and "r = 0.90" in text
+
+
+def test_a_flat_or_extreme_temperature_never_changes_the_accuracy():
+    # an untrained model's logits differ by little: divided by a large T, their float32 softmax ties
+    logits = torch.tensor([[0.0, 1e-6, 0.0], [3.0, 0.0, 3.0 + 1e-6]])
+    labels = torch.tensor([1, 2])
+    for t in (1.0, 1e4, 1e-4):
+        assert C.summary(logits / t, labels)["accuracy"] == 100.0

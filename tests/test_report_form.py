@@ -36,3 +36,21 @@ def test_committed_notebook_outputs_are_short_and_machine_independent(path):
             if "text/markdown" in json.dumps(cell.get("outputs", [])):
                 assert not re.search(r"^- \+", text, re.M), f"{path.name} cell {i}: a '- +' bullet"
     assert "injected-parameters" not in path.read_text(), f"{path.name}: parameters injected by a re-run"
+
+
+def test_the_training_notebooks_are_renderings_of_one_source():
+    """03-05 come from notebooks/templates/train_model.ipynb: the same cells, with their own text from
+    report/text/notebooks/ and their own model; a hand edit of one of them would be lost at the next render."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("run_notebooks", REPO / "scripts" / "run_notebooks.py")
+    runner = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(runner)
+    assert len(runner.RENDERED) == 3
+    for name, (_, defaults) in runner.RENDERED.items():
+        committed = json.loads((REPO / "notebooks" / f"{name}.ipynb").read_text())["cells"]
+        rendered = runner.source(name).cells
+        assert ["".join(c["source"]) for c in committed] == [c.source for c in rendered], name
+        assert [c["id"] for c in committed] == [c.id for c in rendered], name
+        assert f'model = "{defaults["model"]}"' in rendered[2].source
+    ids = [c["id"] for nb in NOTEBOOKS for c in json.loads(nb.read_text())["cells"]]
+    assert len(ids) == len(set(ids)), "cell ids repeat across notebooks"

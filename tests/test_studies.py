@@ -1,4 +1,5 @@
 """The follow-up studies: seed prefixes, seed checks, the ladder and the choice of the final model."""
+import dataclasses
 import math
 
 import pandas as pd
@@ -176,3 +177,22 @@ def test_the_verdict_on_fewer_parameters_discounts_the_batchnorm_dropout_artefac
     assert "fewer layers 78.0% against 82.0% (-4.0 points)" in both     # the cut is compared with bn's weights
     assert "to 66.0% (flip) with 1,010 parameters, 1.0 times model 3's 1,000" in both
     assert S.hypothesis_verdict(table[table["step"] != "cut"]) == ""
+
+
+def test_final_seed_runs_are_read_only_when_they_are_the_same_recipe(tmp_path, fake_data):
+    config = H.TrainConfig(model="avgpool", epochs=1, train_subset=100, test_subset=50)
+    for seed in (0, 1):
+        H.fit(dataclasses.replace(config, seed=seed), fake_data, run_name=S.final_run_name(seed),
+              results_dir=tmp_path, verbose=False)
+    H.fit(dataclasses.replace(config, seed=2, epochs=2), fake_data, run_name=S.final_run_name(2),
+          results_dir=tmp_path, verbose=False)                  # another recipe: not one of the seeds
+    runs = S.finished_final_seeds(tmp_path)
+    assert list(runs) == [0, 1]
+    assert S.final_seed_table(runs)["one view (%)"].isna().all()          # nothing measured yet, nothing trained
+    _, test = H.training.splits(config, fake_data)
+    table = S.final_seed_table(runs, H.normalize(test.images), test.labels)
+    assert (tmp_path / "final_seeds" / "seed1" / "one_view.json").exists()
+    assert S.final_seed_table(runs)["one view (%)"].tolist() == table["one view (%)"].tolist()
+    fields = S.final_seed_fields(table)
+    assert fields["n"] == 2 and fields["low"] == table["test acc (%)"].min() and "standard deviation" in fields["spread"]
+    assert "{" not in H.wording.fill("final_seeds", **fields)
