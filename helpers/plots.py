@@ -55,6 +55,10 @@ def check_print_size(fig, name: str) -> None:
     if width > WIDTH + 0.05:
         raise ValueError(f"figure {name!r} is {width:.2f} inches wide; draw it at most {WIDTH} inches wide "
                          "(plots.WIDTH) so that it prints at its size")
+    drawn = fig.get_tightbbox(fig.canvas.get_renderer()).width     # what bbox="tight" saves, labels included
+    if drawn > WIDTH + 0.1:
+        raise ValueError(f"figure {name!r} is drawn {drawn:.2f} inches wide with its labels; shorten or wrap them "
+                         f"to fit {WIDTH} inches")
     small = sorted({round(t.get_fontsize(), 1) for t in fig.findobj(matplotlib.text.Text)
                     if t.get_visible() and t.get_text().strip() and t.get_fontsize() < MIN_FONT})
     if small:
@@ -201,19 +205,21 @@ def seed_bands(histories: dict, column: str, ax=None, ylabel: str | None = None,
 def ladder(table: pd.DataFrame):
     """The ablation ladder: validation accuracy per step on an axis from 0 (ladder steps dark, side branches
     light and marked with an arrow), each bar labelled with the step's parameters and training minutes."""
-    labels = [textwrap.fill(("↳ " if b else "") + c, 62) for b, c in zip(table["branch"], table["change"])]
+    labels = [textwrap.fill(("↳ " if b else "") + c, 40) for b, c in zip(table["branch"], table["change"])]
     lines = max(label.count("\n") + 1 for label in labels)      # every bar's slot must hold the longest label
     fig, ax = plt.subplots(figsize=(WIDTH, len(labels) * (0.125 * lines + 0.06) + 0.8))
     y = range(len(table))[::-1]
     colors = ["0.75" if b else "0.25" for b in table["branch"]]
     ax.barh(list(y), table["val acc"], color=colors, height=0.7)
     for yi, (_, row) in zip(y, table.iterrows()):
-        ax.text(row["val acc"] + 1, yi, f"{row['val acc']:.1f}%  {row['parameters'] / 1e6:.2f}M  "
+        noise = " ~" if row.get("within noise", False) else ""
+        ax.text(row["val acc"] + 1, yi, f"{row['val acc']:.1f}%{noise}  {row['parameters'] / 1e6:.2f}M  "
                 f"{row['minutes']:.0f} min", va="center", fontsize=MIN_FONT)
     ax.set_yticks(list(y), labels, fontsize=MIN_FONT)
-    ax.set_xlim(0, 135)
+    ax.set_xlim(0, 150)
     ax.set_xticks(range(0, 101, 20))
-    ax.set_xlabel("validation accuracy after the last epoch (%); labels: accuracy, parameters, training time")
+    ax.set_xlabel("validation accuracy after the last epoch (%)\nlabels: accuracy (~: gain within noise), "
+                  "parameters, training time", loc="left")
     ax.grid(axis="y", visible=False)
     kept = matplotlib.patches.Patch(color="0.25", label="ladder step (kept)")
     branch = matplotlib.patches.Patch(color="0.75", label="↳ side branch from the last step above it (not kept)")

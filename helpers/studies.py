@@ -329,7 +329,8 @@ def run_ladder(steps: list[Step], start: TrainConfig, data: D.CIFAR10, results_d
                      "val acc": 100 * final_acc, "val loss": final_loss, "parameters": run.metrics["parameters"],
                      "minutes": minutes, "s/epoch": float(hist["seconds"].median()),
                      "images/s": float(hist["images_per_s"].median()), "epochs": len(hist),
-                     "train images": run.metrics["train_images"], "eval only": eval_only})
+                     "train images": run.metrics["train_images"], "val images": config.validation,
+                     "eval only": eval_only})
         print(f"{step.name:>11}: val accuracy {final_acc:.2%} after {len(hist)} epochs, "
               f"{run.metrics['parameters']:,} parameters, "
               f"{minutes:.1f} min{' (evaluation only)' if eval_only else ''}", flush=True)
@@ -337,8 +338,28 @@ def run_ladder(steps: list[Step], start: TrainConfig, data: D.CIFAR10, results_d
     base_acc = table.set_index("step")["val acc"]
     table["gain"] = [row["val acc"] - base_acc[row["builds on"]] if row["builds on"] else math.nan
                      for row in rows]
+    table = with_noise(table)
     save_table(table, "ladder", results_dir)
     return table, histories
+
+
+def accuracy_se(percent: float, images: int) -> float:
+    """Standard error (points) of an accuracy measured on ``images`` images: sqrt(p(1-p)/n)."""
+    p = percent / 100
+    return 100 * math.sqrt(p * (1 - p) / images)
+
+
+def with_noise(table: pd.DataFrame) -> pd.DataFrame:
+    """The ladder with each step's standard error (``val se``) and a flag for gains within noise: smaller
+    than two standard errors of the difference between the step and the step it builds on, treating the
+    two measurements as independent. Both were taken on the same validation images, so the real noise of
+    the difference is smaller: the flag is conservative, and a flagged step cannot be ranked on one seed."""
+    table = table.copy()
+    table["val se"] = [accuracy_se(a, n) for a, n in zip(table["val acc"], table["val images"])]
+    se = table.set_index("step")["val se"]
+    table["within noise"] = [isinstance(b, str) and bool(b) and abs(g) < 2 * math.hypot(s, se[b])
+                             for b, g, s in zip(table["builds on"], table["gain"], table["val se"])]
+    return table
 
 
 def _evaluate_step(base: Run, config: TrainConfig, data: D.CIFAR10, folder: Path, device=None) -> dict:
@@ -413,7 +434,8 @@ def ladder_findings(table: pd.DataFrame) -> str:
     """The ladder in words: what each change gained and the side branches (the verdict on the author's
     hypothesis, which needs the BatchNorm check too, is ``hypothesis_verdict``)."""
     main = _main_steps(table)
-    lines = [f"- {_step_name(r['change'])}: {r['gain']:+.1f} points (to {r['val acc']:.1f}%)" for _, r in main.iterrows()]
+    lines = [f"- {_step_name(r['change'])}: {r['gain']:+.1f} points (to {r['val acc']:.1f}%)"
+             + (" (within noise)" if r.get("within noise", False) else "") for _, r in main.iterrows()]
     text = "\n".join(lines)
     if len(main):
         top = main.loc[main["gain"].idxmax()]
@@ -426,9 +448,19 @@ def ladder_findings(table: pd.DataFrame) -> str:
         params = _parameter_change(r, base)
         minutes = 100 * (r["minutes"] / base["minutes"] - 1) if base["minutes"] else math.nan
         branch_lines.append(f"- {r['change']} ({params:+.0f}% parameters, {minutes:+.0f}% training time): "
-                            f"{r['gain']:+.1f} points (to {r['val acc']:.1f}%)")
+                            f"{r['gain']:+.1f} points (to {r['val acc']:.1f}%)"
+                            + (" (within noise)" if r.get("within noise", False) else ""))
     if branch_lines:
         text += "\n\nSide branches from the last ladder step:\n" + "\n".join(branch_lines)
+    if "within noise" in table and table["within noise"].any():
+        text += ("\n\n*Within noise*: a gain smaller than two standard errors of the difference of two accuracies "
+                 f"on {int(table['val images'].iloc[0]):,} validation images (a standard error is "
+                 f"{table['val se'].min():.2f} to {table['val se'].max():.2f} points here). With one seed per step, "
+                 f"{int(table['within noise'].sum())} of the {int(table['gain'].notna().sum())} changes cannot be "
+                 "told from no change"
+                 + (" (the evaluation-only steps re-measure the same weights, so for them the rule is "
+                    "especially cautious)" if (table["within noise"] & table["eval only"].astype(bool)).any() else "")
+                 + ".")
     return text
 
 

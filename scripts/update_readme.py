@@ -77,8 +77,10 @@ def follow_up(results: Path) -> str:
                   "training images; indented rows are side branches from the last ladder step):", "",
                   H.results.markdown_table(ladder.assign(
                       change=["&nbsp;&nbsp;&nbsp;&nbsp;" * b + c for b, c in zip(ladder["branch"], ladder["change"])],
-                      parameters=ladder["parameters"].map("{:,}".format))[
-                      ["change", "val acc", "gain", "parameters", "minutes", "epochs"]]), "",
+                      parameters=ladder["parameters"].map("{:,}".format),
+                      noise=ladder.get("within noise", pd.Series(False, index=ladder.index)).map({True: "yes", False: ""}))[
+                      ["change", "val acc", "gain", "noise", "parameters", "minutes", "epochs"]].rename(
+                      columns={"noise": "within noise"})), "",
                   H.studies.hypothesis_verdict(ladder, refresh), "",
                   "" if refresh is None else "**Why BatchNorm seems to hurt model 3.** "
                   + H.studies.batchnorm_refresh_findings(refresh),

@@ -48,6 +48,10 @@ def test_a_figure_too_wide_or_with_tiny_text_is_refused(tmp_path):
     wide, ax = plt.subplots(figsize=(11, 3))
     with pytest.raises(ValueError, match="11.00 inches wide"):
         plots.save_figure(wide, "wide", tmp_path)
+    labelled, ax = plt.subplots(figsize=(6, 3))
+    ax.set_yticks([0.5], ["a label long enough to push the saved figure far beyond the width of the page"])
+    with pytest.raises(ValueError, match="inches wide with its labels"):
+        plots.save_figure(labelled, "labelled", tmp_path)
     small, ax = plt.subplots(figsize=(4, 3))
     ax.text(0.5, 0.5, "tiny", fontsize=5)
     with pytest.raises(ValueError, match=r"text of \[5.0\] points"):

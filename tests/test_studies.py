@@ -196,3 +196,14 @@ def test_final_seed_runs_are_read_only_when_they_are_the_same_recipe(tmp_path, f
     fields = S.final_seed_fields(table)
     assert fields["n"] == 2 and fields["low"] == table["test acc (%)"].min() and "standard deviation" in fields["spread"]
     assert "{" not in H.wording.fill("final_seeds", **fields)
+
+
+def test_a_ladder_gain_under_two_standard_errors_is_marked_within_noise():
+    table = pd.DataFrame({"step": ["a", "b", "c"], "builds on": ["", "a", "b"], "val acc": [80.0, 80.5, 84.0],
+                          "gain": [math.nan, 0.5, 3.5], "val images": [5000] * 3, "eval only": [False] * 3,
+                          "change": ["a", "+ b", "+ c"], "branch": [False] * 3, "parameters": [1] * 3,
+                          "minutes": [1.0] * 3})
+    noisy = S.with_noise(table)
+    assert noisy["val se"].iloc[0] == pytest.approx(100 * math.sqrt(0.8 * 0.2 / 5000))
+    assert noisy["within noise"].tolist() == [False, True, False]       # 2 se of a difference here: about 1.1 points
+    assert "1 of the 2 changes cannot be told from no change" in S.ladder_findings(noisy)
