@@ -109,12 +109,11 @@ def maps_for(models: dict, images: torch.Tensor, labels: torch.Tensor) -> dict:
     out = {}
     for name, model in models.items():
         logits, gc_pred = grad_cam(model, images)
-        _, gc_true = grad_cam(model, images, labels)
         entry = {"predicted": logits.argmax(1), "grad_cam": gc_pred, "method": "Grad-CAM"}
         try:
             cam_logits, maps = cam(model, images)
-        except ValueError:
-            entry.update(pred_map=gc_pred, true_map=gc_true)
+        except ValueError:            # no exact map: Grad-CAM of the true class too (computed only here)
+            entry.update(pred_map=gc_pred, true_map=grad_cam(model, images, labels)[1])
         else:
             rows = torch.arange(len(images))
             entry.update(pred_map=maps[rows, cam_logits.argmax(1)], true_map=maps[rows, labels], method="CAM")
