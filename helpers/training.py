@@ -532,6 +532,8 @@ def _train(config: TrainConfig, saved: TrainConfig | None, data: D.CIFAR10, trai
     lookahead = Lookahead() if config.lookahead else None
     history: list[dict] = []
     changes: list[dict] = []
+    code = git_state()                             # the code that starts (or resumes) this run, not the one that ends it
+    first_code = code
     ckpt_file = path / "checkpoint.pt"
     if ckpt_file.exists():
         ckpt = _load_checkpoint(ckpt_file, dev)
@@ -548,6 +550,9 @@ def _train(config: TrainConfig, saved: TrainConfig | None, data: D.CIFAR10, trai
             lookahead.slow = {k: v.to(dev) for k, v in ckpt["lookahead"].items()}
         history = [dict(row) for row in ckpt["history"]]
         changes = list(ckpt.get("changes") or [])
+        first_code = ckpt.get("code")             # None for a checkpoint written before runs recorded their code
+        if code != first_code and len(history) < config.epochs:
+            changes.append({"after_epoch": len(history), "code": code})
         _write_history(path, history)            # a kill may have come between the checkpoint and this file
         if len(history) == config.epochs:       # killed after the last epoch: nothing is computed any more
             config = before
@@ -614,7 +619,7 @@ def _train(config: TrainConfig, saved: TrainConfig | None, data: D.CIFAR10, trai
         ckpt = {"config": dataclasses.asdict(config), "model": model.state_dict(), "optimizer": opt.state_dict(),
                 "schedule": schedule.state_dict() if schedule is not None else None,
                 "rng": _rng_state(shuffle), "history": history, "changes": changes,
-                "lookahead": lookahead.slow if lookahead is not None else None}
+                "lookahead": lookahead.slow if lookahead is not None else None, "code": first_code}
         atomic_write(ckpt_file, lambda f: torch.save(ckpt, f))
         _write_history(path, history)
         if verbose:
@@ -632,7 +637,7 @@ def _train(config: TrainConfig, saved: TrainConfig | None, data: D.CIFAR10, trai
         f"final_{split}_acc": float(hist[f"{split}_acc"].iloc[-1]),
         f"lowest_{split}_loss_epoch": int(hist.loc[hist[f"{split}_loss"].idxmin(), "epoch"]),
         "train_seconds": float(hist["seconds"].sum()),
-        "code": git_state(),
+        "code": first_code,
         "finished": True,
     }
     if changes:

@@ -55,6 +55,26 @@ def test_a_different_config_never_overwrites_a_run(fake_data, tmp_path):
     assert (tmp_path / "run" / "history.csv").read_bytes() == before
 
 
+def test_a_run_names_the_code_that_started_it_and_a_resume_under_other_code(fake_data, tmp_path, monkeypatch):
+    from helpers import training
+    real_save, calls = torch.save, [0]
+
+    def save_then_crash(obj, f, *args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 2:              # after epoch 1's checkpoint, die while writing epoch 2's
+            raise KeyboardInterrupt
+        return real_save(obj, f, *args, **kwargs)
+    monkeypatch.setattr(training, "git_state", lambda: {"commit": "a" * 40, "dirty": True})
+    monkeypatch.setattr(torch, "save", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        _fit(fake_data, tmp_path, model="avgpool", epochs=3)
+    monkeypatch.setattr(torch, "save", real_save)
+    monkeypatch.setattr(training, "git_state", lambda: {"commit": "b" * 40, "dirty": False})
+    metrics = _fit(fake_data, tmp_path, model="avgpool", epochs=3).metrics
+    assert metrics["code"] == {"commit": "a" * 40, "dirty": True}          # the start, not the finish
+    assert metrics["changes_on_resume"] == [{"after_epoch": 1, "code": {"commit": "b" * 40, "dirty": False}}]
+
+
 def test_validation_split_replaces_the_test_set(fake_data, tmp_path):
     run = _fit(fake_data, tmp_path, model="avgpool", validation=100, test_subset=None)
     assert {"val_loss", "val_acc"} <= set(run.history.columns) and "test_acc" not in run.history.columns
