@@ -211,6 +211,12 @@ def ladder(table: pd.DataFrame):
     y = range(len(table))[::-1]
     colors = ["0.75" if b else "0.25" for b in table["branch"]]
     ax.barh(list(y), table["val acc"], color=colors, height=0.7)
+    refreshed = table["bn refreshed"].astype(bool) if "bn refreshed" in table else pd.Series(False, table.index)
+    handles = []
+    if refreshed.any():
+        handles = ax.plot(table.loc[refreshed, "val acc as trained"], [yi for yi, r in zip(y, refreshed) if r], "|",
+                          color="black", markersize=9, markeredgewidth=1.5,
+                          label="as trained: BatchNorm statistics recorded with dropout on")
     for yi, (_, row) in zip(y, table.iterrows()):
         noise = " ~" if row.get("within noise", False) else ""
         ax.text(row["val acc"] + 1, yi, f"{row['val acc']:.1f}%{noise}  {row['parameters'] / 1e6:.2f}M  "
@@ -223,7 +229,7 @@ def ladder(table: pd.DataFrame):
     ax.grid(axis="y", visible=False)
     kept = matplotlib.patches.Patch(color="0.25", label="ladder step (kept)")
     branch = matplotlib.patches.Patch(color="0.75", label="↳ side branch from the last step above it (not kept)")
-    ax.legend(handles=[kept, branch], loc="lower left", bbox_to_anchor=(0, 1), ncol=2)
+    ax.legend(handles=[kept, branch, *handles], loc="lower left", bbox_to_anchor=(0, 1), ncol=1 if handles else 2)
     fig.tight_layout()
     return fig
 
@@ -236,7 +242,7 @@ def ladder_curves(table: pd.DataFrame, histories: dict, split: str = "val"):
     compact_from = list(trained["step"]).index("compact") if "compact" in set(trained["step"]) else len(trained)
     panels = [trained.iloc[:compact_from], trained.iloc[compact_from:]]
     panels = [p for p in panels if len(p)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(WIDTH, 3.4), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(WIDTH, 5.0), sharey=True, squeeze=False)
     for ax, rows, title in zip(axes[0], panels, ("model 3 and its branches", "compact network")):
         main = rows[~rows["branch"].astype(bool)]
         shades = {step: str(0.7 - 0.7 * i / max(1, len(main) - 1)) for i, step in enumerate(main["step"])}
@@ -247,10 +253,18 @@ def ladder_curves(table: pd.DataFrame, histories: dict, split: str = "val"):
                                             "marker": "ovDs^<>pPX"[list(shades).index(row["step"]) % 10]})
             ax.plot(h["epoch"], h[f"{split}_acc"] * 100, label=textwrap.shorten(row["change"], 34, placeholder="..."),
                     **style)
+            if row.get("bn refreshed", False):      # the last epoch judged with BatchNorm statistics measured again
+                ax.plot([h["epoch"].iloc[-1]], [row["val acc"]], marker="*", markersize=8, linestyle="none",
+                        color=style["color"], markeredgecolor="black", markeredgewidth=0.5)
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.36), ncol=1)
+        handles, _ = ax.get_legend_handles_labels()
+        if rows.get("bn refreshed", pd.Series(dtype=bool)).astype(bool).any():
+            handles.append(matplotlib.lines.Line2D([], [], marker="*", markersize=8, linestyle="none", color="0.5",
+                                                   markeredgecolor="black", markeredgewidth=0.5,
+                                                   label="last epoch, BatchNorm statistics\nmeasured without dropout"))
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=1)
     axes[0][0].set_ylabel("validation accuracy (%)")
     axes[0][0].set_ylim(0, 100)
     fig.tight_layout()

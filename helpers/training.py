@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from . import data as D
-from .evaluation import autocast, evaluate
+from .evaluation import autocast, evaluate, refresh_batchnorm
 from .files import FolderLock, RunBusyError, atomic_write, git_state, read_json, save_json, shown_path  # noqa: F401
 from .models import HEADS, MODELS, batchnorm_layers, build_model, count_parameters, whiten_stem
 
@@ -42,6 +42,13 @@ _atomic_write = atomic_write     # the older private name
 
 # Fields that say how a run was computed, not what was trained: a finished run loads whatever they are now.
 COMPUTE_FIELDS = ("precision",)
+
+# Fields added after runs and their measurements were stored, with their defaults: ``identity`` leaves them
+# out while they have that value.
+ADDED_FIELDS = {"bn_refresh": False}
+
+# bn_refresh re-measures BatchNorm statistics on this many training images (class-balanced)
+REFRESH_IMAGES = 10_000
 
 COMPACT_DEFAULTS = {"dirac": False, "bn_scale": True, "bn_momentum": 0.1, "logit_scale": 1.0}
 
@@ -95,6 +102,7 @@ class TrainConfig:
     tta_flip: bool = False          # evaluate on each image and its mirror image
     tta_shift: int = 0              # >0: also on copies moved by this many pixels (up-left, down-right)
     eval_each_epoch: bool = True    # False: evaluate once, after the last epoch (a final model and its test set)
+    bn_refresh: bool = False        # re-measure BatchNorm statistics with dropout off before each evaluation
 
     def __post_init__(self):
         checks = {"model": tuple(MODELS), "head": HEADS, "augment": ("none", "flip_crop"),
@@ -133,6 +141,8 @@ class TrainConfig:
         changed = [k for k, v in self.compact_options().items() if v != COMPACT_DEFAULTS[k]]
         if changed and self.model != "compact":
             raise ValueError(f"{', '.join(changed)} apply to model='compact' only")
+        if self.bn_refresh and not (self.batchnorm or self.model == "compact"):
+            raise ValueError("bn_refresh re-measures BatchNorm statistics: it needs batchnorm=True or model='compact'")
         if not 0 <= self.momentum < 1 or self.bias_lr <= 0:
             raise ValueError(f"momentum must be in [0, 1) and bias_lr positive; got {self.momentum}, {self.bias_lr}")
 
@@ -147,13 +157,22 @@ class TrainConfig:
         return cls(**{k: v for k, v in saved.items() if k in known})
 
     def identity(self) -> dict:
-        """What was trained: every field but those that only say how it was computed (``COMPUTE_FIELDS``)."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in COMPUTE_FIELDS}
+        """What was trained: every field but those that only say how it was computed (``COMPUTE_FIELDS``),
+        and those added later (``ADDED_FIELDS``) while they keep their default, so that a measurement
+        stored under an older identity stays valid."""
+        return {k: v for k, v in dataclasses.asdict(self).items()
+                if k not in COMPUTE_FIELDS and not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])}
 
     def differences(self, other: "TrainConfig") -> dict:
-        """{field: (self's value, other's value)} for the fields of ``identity`` that differ."""
-        a, b = self.identity(), other.identity()
-        return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
+        """{field: (self's value, other's value)} for the fields of what was trained that differ."""
+        a, b = dataclasses.asdict(self), dataclasses.asdict(other)
+        return {k: (a[k], b[k]) for k in a if k not in COMPUTE_FIELDS and a[k] != b[k]}
+
+    @property
+    def dropout_meets_batchnorm(self) -> bool:
+        """Whether BatchNorm layers follow dropout: then the statistics they record while training (dropout on)
+        are not those of evaluation (dropout off), unless ``bn_refresh`` measures them again."""
+        return self.model == "avgpool_dropout" and self.batchnorm
 
     @property
     def eval_split(self) -> str:
@@ -463,6 +482,21 @@ def fit(config: TrainConfig, data: D.CIFAR10, run_name: str | None = None, resul
         return _train(config, saved, data, train, test, path, dev, progress, verbose)
 
 
+def refresh_images(train: D.Split, device, images: int = REFRESH_IMAGES) -> torch.Tensor:
+    """The normalised training images on which ``bn_refresh`` measures BatchNorm statistics: a class-balanced
+    subset of ``images`` (all of them for a smaller split), the same ones for every run of that split."""
+    chosen = D.balanced_subset(train, images) if images < len(train) else train
+    return D.to_device(chosen, device)[0]
+
+
+def model_to_evaluate(model: torch.nn.Module, config: TrainConfig, images: torch.Tensor | None) -> torch.nn.Module:
+    """The model as ``config`` evaluates it: with ``bn_refresh``, a copy whose BatchNorm statistics are measured
+    again on ``images`` with dropout off (Li et al., CVPR 2019: BatchNorm after dropout records the variance of
+    thinned activations, which evaluation never sees). The copy leaves training untouched: in training mode
+    BatchNorm normalises by each batch's own statistics, so a run trains identically with or without it."""
+    return refresh_batchnorm(model, images, precision=config.precision) if config.bn_refresh else model
+
+
 def _load_finished(path: Path, config: TrainConfig, verbose: bool, replay: bool, locked: bool = False) -> Run:
     run = load_run(path)
     diff = run.config.differences(config)
@@ -517,6 +551,7 @@ def _train(config: TrainConfig, saved: TrainConfig | None, data: D.CIFAR10, trai
     channels_last = dev.type != "mps"
     x_train, y_train = D.to_device(train, dev, channels_last)
     x_test, y_test = D.to_device(test, dev, channels_last)
+    x_refresh = refresh_images(train, dev) if config.bn_refresh else None
 
     torch.manual_seed(config.seed)
     random.seed(config.seed)
@@ -605,8 +640,8 @@ def _train(config: TrainConfig, saved: TrainConfig | None, data: D.CIFAR10, trai
         train_loss = loss_sum.item() / len(y_train)
         _stop_if_diverged(train_loss, "training", epoch, config, path)
         if config.eval_each_epoch or epoch == config.epochs:
-            ev = evaluate(model, x_test, y_test, precision=config.precision, tta_flip=config.tta_flip,
-                          tta_shift=config.tta_shift)
+            ev = evaluate(model_to_evaluate(model, config, x_refresh), x_test, y_test, precision=config.precision,
+                          tta_flip=config.tta_flip, tta_shift=config.tta_shift)
             _stop_if_diverged(ev["loss"], split, epoch, config, path)
         else:
             ev = {"loss": float("nan"), "accuracy": float("nan")}
@@ -626,6 +661,7 @@ def _train(config: TrainConfig, saved: TrainConfig | None, data: D.CIFAR10, trai
             print(_epoch_line(row, split, config.epochs), flush=True)
 
     hist = pd.DataFrame(history)
+    model = model_to_evaluate(model, config, x_refresh)     # the weights as evaluated
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     atomic_write(path / "model.pt", lambda f: torch.save(state, f))
     best = hist.loc[hist[f"{split}_acc"].idxmax()]

@@ -78,13 +78,18 @@ def follow_up(results: Path) -> str:
                   H.results.markdown_table(ladder.assign(
                       change=["&nbsp;&nbsp;&nbsp;&nbsp;" * b + c for b, c in zip(ladder["branch"], ladder["change"])],
                       parameters=ladder["parameters"].map("{:,}".format),
-                      noise=ladder.get("within noise", pd.Series(False, index=ladder.index)).map({True: "yes", False: ""}))[
-                      ["change", "val acc", "gain", "noise", "parameters", "minutes", "epochs"]].rename(
+                      noise=ladder["within noise"].map({True: "yes", False: ""}))[
+                      ["change", "val acc", "gain", "noise", "val acc as trained", "parameters", "minutes", "epochs"]].rename(
                       columns={"noise": "within noise"})), "",
-                  H.studies.hypothesis_verdict(ladder, refresh), "",
-                  "" if refresh is None else "**Why BatchNorm seems to hurt model 3.** "
+                  "Where BatchNorm follows dropout (model 3's steps), a step is judged with its BatchNorm statistics "
+                  "measured again without dropout; `val acc as trained` is what the first version reported.", "",
+                  H.studies.hypothesis_verdict(ladder), "",
+                  "" if refresh is None else "**Why BatchNorm seemed to hurt model 3.** "
                   + H.studies.batchnorm_refresh_findings(refresh),
                   "", "![Ablation ladder](figures/ladder.png)", ""]
+        seeds = H.studies.final_seed_table(H.studies.finished_final_seeds(results))
+        if len(seeds):
+            parts += ["**What changed when we checked** (notebook 09):", "", H.studies.what_changed(ladder, seeds), ""]
     if (studies / "seeds.csv").exists():
         seeds = pd.read_csv(studies / "seeds.csv")
         parts += ["### One run is not a result", "",

@@ -3,7 +3,6 @@ CUDA GPUs with and without native bf16, Apple's MPS. No GPU is needed: the devic
 simulated, and the CPU stands in where the code branches on the device."""
 import importlib.util
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest

@@ -15,7 +15,6 @@ import pytest
 import torch
 
 import helpers as H
-from conftest import write_fake_cifar
 
 TINY = dict(epochs=2, train_subset=200, test_subset=100)
 RUN_FILES = ("config.json", "history.csv", "metrics.json", "model.pt")

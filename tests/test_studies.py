@@ -100,8 +100,11 @@ def test_the_ladder_runs_tabulates_and_reuses_weights_for_evaluation_only_steps(
     saved = pd.read_csv(tmp_path / "studies" / "ladder.csv")
     assert saved["step"].tolist() == ["base", "bn", "tta", "small"]
     # evaluated, not trained again: its folder keeps only the measurement, which a re-run reads back
-    assert [p.name for p in (tmp_path / "ladder" / "tta").iterdir()] == ["evaluation.json"]
+    # (the tta step's base has BatchNorm after dropout: judged with refreshed statistics, as trained kept beside)
+    assert sorted(p.name for p in (tmp_path / "ladder" / "tta").iterdir()) == ["evaluation.json",
+                                                                             "evaluation_refreshed.json"]
     rows = table.set_index("step")
+    assert rows["bn refreshed"].tolist() == [False, True, True, True]
     assert rows.loc["tta", "minutes"] == rows.loc["bn", "minutes"] and rows.loc["tta", "eval only"]
     assert rows.loc["bn", "gain"] == pytest.approx(rows.loc["bn", "val acc"] - rows.loc["base", "val acc"])
     assert math.isnan(rows.loc["base", "gain"]) and rows.loc["small", "parameters"] < rows.loc["bn", "parameters"]
@@ -109,14 +112,21 @@ def test_the_ladder_runs_tabulates_and_reuses_weights_for_evaluation_only_steps(
 
     refresh = S.batchnorm_refresh(table, fake_data, results_dir=tmp_path, calibration=50)
     assert refresh["step"].tolist() == ["bn", "small"] and refresh["dropout"].all()   # base has no BatchNorm
-    assert refresh.set_index("step").loc["bn", "val acc, one view"] == pytest.approx(rows.loc["bn", "val acc"])
+    assert refresh.set_index("step").loc["bn", "val acc, one view"] == pytest.approx(rows.loc["bn", "val acc as trained"])
+    assert rows.loc["bn", "gain as trained"] == pytest.approx(rows.loc["bn", "val acc as trained"] - rows.loc["base", "val acc"])
+    # re-evaluating is re-running: a run with bn_refresh trains identically and ends where the ladder says
+    configs = S.ladder_configs(steps, start)
+    rerun = H.fit(dataclasses.replace(configs["bn"], bn_refresh=True), fake_data, run_name="bn_rerun",
+                  results_dir=tmp_path, verbose=False)
+    pd.testing.assert_series_equal(rerun.history["train_loss"], histories["bn"]["train_loss"])
+    assert 100 * rerun.history["val_acc"].iloc[-1] == pytest.approx(rows.loc["bn", "val acc"], abs=1e-6)
     assert (refresh["gain"] == refresh["val acc, one view, statistics refreshed"] - refresh["val acc, one view"]).all()
     assert "the 2 BatchNorm models with dropout gain" in S.batchnorm_refresh_findings(refresh)
     # measured once: a second pass reads what the first stored beside each run, and changes no file
     stored = sorted(tmp_path.rglob("*.json"))
     before = {p: p.read_bytes() for p in stored}
     monkey = pytest.MonkeyPatch()
-    monkey.setattr(S, "evaluate", lambda *a, **k: pytest.fail("measured again"))
+    monkey.setattr(S.ladder, "evaluate", lambda *a, **k: pytest.fail("measured again"))
     try:
         again = S.batchnorm_refresh(table, fake_data, results_dir=tmp_path, calibration=50)
         table_again, _ = S.run_ladder(steps, start, fake_data, results_dir=tmp_path)
@@ -126,7 +136,6 @@ def test_the_ladder_runs_tabulates_and_reuses_weights_for_evaluation_only_steps(
     pd.testing.assert_frame_equal(table_again.drop(columns="minutes"), table.drop(columns="minutes"))
     assert before == {p: p.read_bytes() for p in stored}
 
-    configs = S.ladder_configs(steps, start)
     table = table.assign(**{"val acc": [50.0, 60.0, 70.0, 80.0], "images/s": [20.0, 20.0, 20.0, 2.0]})
     step, config, reason = S.choose_final(table, configs, epochs=3, budget_minutes=1.0, train_images=200)
     assert step == "tta" and config.tta_flip and config.validation == 0 and config.epochs == 3
@@ -159,24 +168,22 @@ def test_the_authors_head_puts_mass_on_outputs_that_are_no_class(fake_data, tmp_
 
 def test_the_verdict_on_fewer_parameters_discounts_the_batchnorm_dropout_artefact():
     # a cut that gains as trained only because its base's BatchNorm statistics were wrong
-    table = pd.DataFrame([
-        {"step": "model3", "change": "model 3", "branch": False, "builds on": "", "eval only": False,
-         "val acc": 75.0, "gain": math.nan, "parameters": 1000},
-        {"step": "bn", "change": "+ BN", "branch": False, "builds on": "model3", "eval only": False,
-         "val acc": 65.0, "gain": -10.0, "parameters": 1010},
-        {"step": "tta", "change": "+ flip", "branch": False, "builds on": "bn", "eval only": True,
-         "val acc": 66.0, "gain": 1.0, "parameters": 1010},
-        {"step": "cut", "change": "fewer layers", "branch": True, "builds on": "tta", "eval only": False,
-         "val acc": 72.0, "gain": 6.0, "parameters": 250}])
-    refresh = pd.DataFrame({"step": ["bn", "cut"], "val acc, one view, statistics refreshed": [82.0, 78.0]})
-    as_trained = S.hypothesis_verdict(table)
-    assert "As trained, the best parameter cut raises" in as_trained and "-75% parameters) +6.0 points" in as_trained
-    both = S.hypothesis_verdict(table, refresh)
-    assert both.startswith(as_trained.split(" The ladder")[0])
-    assert "without dropout (notebook 09's BatchNorm check, one view per image), the best cut lowers it" in both
-    assert "fewer layers 78.0% against 82.0% (-4.0 points)" in both     # the cut is compared with bn's weights
-    assert "to 66.0% (flip) with 1,010 parameters, 1.0 times model 3's 1,000" in both
-    assert S.hypothesis_verdict(table[table["step"] != "cut"]) == ""
+    def row(step, base, acc, trained, params, branch=False, eval_only=False, refreshed=True):
+        return {"step": step, "change": step, "branch": branch, "builds on": base, "eval only": eval_only,
+                "val acc": acc, "val acc as trained": trained, "parameters": params, "bn refreshed": refreshed}
+    table = pd.DataFrame([row("model 3", "", 75.0, 75.0, 1000, refreshed=False), row("bn", "model 3", 82.0, 65.0, 1010),
+                          row("flip", "bn", 82.5, 66.0, 1010, eval_only=True),
+                          row("fewer layers", "flip", 78.0, 72.0, 250, branch=True)])
+    for column, gain in (("val acc", "gain"), ("val acc as trained", "gain as trained")):
+        acc = table.set_index("step")[column]
+        table[gain] = [a - acc[b] if b else math.nan for a, b in zip(table[column], table["builds on"])]
+    text = " ".join(S.hypothesis_verdict(table).split())
+    assert "the best parameter cut lowers validation accuracy: fewer layers (-75% parameters) -4.5 points, to 78.0%" in text
+    assert "the best cut raises it (fewer layers (-75% parameters) +6.0 points, to 72.0%)" in text   # as trained
+    assert "to 82.5% (flip) with 1,010 parameters, 1.0 times model 3's 1,000" in text
+    plain = S.hypothesis_verdict(table.assign(**{"bn refreshed": False}))
+    assert "as trained" not in plain.lower().replace("as trained,", "")
+    assert S.hypothesis_verdict(table[table["step"] != "fewer layers"]) == ""
 
 
 def test_final_seed_runs_are_read_only_when_they_are_the_same_recipe(tmp_path, fake_data):

@@ -200,6 +200,26 @@ def test_a_config_saved_before_new_options_existed_still_matches(fake_data, tmp_
     (tmp_path / "run" / "config.json").write_text(json.dumps(saved))
     run = _fit(fake_data, tmp_path, model="avgpool")          # loads, no conflict
     assert run.config.augment == "none" and len(run.history) == 2
+    # a field added later stays out of the identity that keys stored measurements while it has its default
+    plain, refreshed = H.TrainConfig(batchnorm=True), H.TrainConfig(batchnorm=True, bn_refresh=True)
+    assert "bn_refresh" not in plain.identity() and refreshed.identity()["bn_refresh"] is True
+    assert plain.differences(refreshed) == {"bn_refresh": (False, True)}
+
+
+def test_bn_refresh_needs_batchnorm_and_changes_evaluation_not_training(fake_data, tmp_path):
+    with pytest.raises(ValueError, match="bn_refresh .* needs batchnorm=True"):
+        H.TrainConfig(model="avgpool_dropout", bn_refresh=True)
+    plain = _fit(fake_data, tmp_path, "plain", model="avgpool_dropout", batchnorm=True)
+    fresh = _fit(fake_data, tmp_path, "fresh", model="avgpool_dropout", batchnorm=True, bn_refresh=True)
+    pd.testing.assert_series_equal(plain.history["train_loss"], fresh.history["train_loss"])
+    weights = [k for k in plain.model.state_dict() if "running" not in k and "num_batches" not in k]
+    assert all(torch.equal(plain.model.state_dict()[k], fresh.model.state_dict()[k]) for k in weights)
+    # the saved statistics are the refreshed ones, so a loaded run evaluates as it was reported
+    loaded = H.load_run(tmp_path / "fresh")
+    _, test = H.training.splits(loaded.config, fake_data)
+    x, y = H.data.to_device(test, "cpu")
+    assert H.evaluation.evaluate(loaded.model, x, y)["accuracy"] == pytest.approx(fresh.history["test_acc"].iloc[-1])
+    assert not torch.equal(plain.model.state_dict()["bn1.running_var"], fresh.model.state_dict()["bn1.running_var"])
 
 
 def test_one_cycle_schedule_ends_near_zero_and_options_train(fake_data, tmp_path):

@@ -1,0 +1,40 @@
+"""What changed when the report's conclusions were checked (notebook 09): each correction with its size,
+as values for ``report/text/what_changed.md``."""
+from __future__ import annotations
+
+import pandas as pd
+
+from ..wording import fill
+from .final import final_seed_fields, precision_fields
+from .ladder import _step_name, hypothesis_fields
+
+
+def what_changed_fields(ladder: pd.DataFrame, seeds: pd.DataFrame) -> dict:
+    """The ladder before and after BatchNorm statistics were measured without dropout, the final recipe's
+    first run against its seeds, the ladder's changes within noise and bf16 against fp32."""
+    rows = ladder.set_index("step")
+    moved = ladder[ladder["bn refreshed"].astype(bool) & ladder["builds on"].astype(bool)]
+    hypothesis = hypothesis_fields(ladder) or {"verdict": "", "verdict_as_trained": ""}
+    first = seeds.iloc[0]
+    fields = {
+        "bn_step": _step_name(rows.loc["batchnorm", "change"]) if "batchnorm" in rows.index else "",
+        "bn_as_trained": rows.loc["batchnorm", "gain as trained"] if "batchnorm" in rows.index else float("nan"),
+        "bn_now": rows.loc["batchnorm", "gain"] if "batchnorm" in rows.index else float("nan"),
+        "moved": "; ".join(f"{_step_name(r['change'])} {r['gain as trained']:+.1f} → {r['gain']:+.1f}"
+                           for _, r in moved.iterrows() if r["step"] != "batchnorm"),
+        "verdict": hypothesis["verdict"], "verdict_as_trained": hypothesis["verdict_as_trained"],
+        "first_seed": int(seeds.index[0]), "first_acc": first["test acc (%)"], "first_one": first["one view (%)"],
+        "noise": int(ladder["within noise"].sum()), "changes": int(ladder["gain"].notna().sum()),
+    }
+    fields.update({f"seeds_{k}": v for k, v in final_seed_fields(seeds).items()})
+    precision = precision_fields(seeds)
+    fields["precision"] = precision is not None
+    fields.update({f"precision_{k}": v for k, v in (precision or {}).items()})
+    return fields
+
+
+def what_changed(ladder: pd.DataFrame, seeds: pd.DataFrame) -> str:
+    """``what_changed_fields`` in words: one bullet per correction."""
+    fields = what_changed_fields(ladder, seeds)
+    return fill("what_changed", **fields) + ("\n" + fill("what_changed_precision", **fields)
+                                              if fields["precision"] else "")

@@ -1,0 +1,31 @@
+"""What every study shares: where its tables are written, and short names for dense prose."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .. import data as D
+from ..files import atomic_write
+
+
+def _studies_folder(results_dir) -> Path:
+    folder = D.project_path(results_dir) / "studies"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def save_table(table: pd.DataFrame, name: str, results_dir="results") -> Path:
+    """Write a study's table to ``results_dir/studies/<name>.csv`` (atomically), for the README and readers."""
+    path = _studies_folder(results_dir) / f"{name}.csv"
+    index = table.index.name is not None or not isinstance(table.index, pd.RangeIndex)
+    atomic_write(path, lambda f: f.write(table.to_csv(index=index).encode()))
+    return path
+
+
+SHORT_NAMES = {"fc": "FC", "avgpool": "AP", "avgpool_dropout": "AP+D"}     # models in dense evidence lists
+
+
+def _share(percent: float) -> str:
+    """A percentage for prose: one decimal, or "under 0.1%" / "none" rather than a row of zeros."""
+    return "none" if percent == 0 else "under 0.1%" if percent < 0.05 else f"{percent:.1f}%"

@@ -1,0 +1,176 @@
+"""The final model (notebook 09): chosen on validation within a time budget, trained once on all
+training images, then the same recipe over further seeds (their accuracy with and without test-time
+augmentation, and their minutes)."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pandas as pd
+import torch
+
+from .. import data as D
+from ..evaluation import evaluate
+from ..files import cached, digest, project_path, read_json, save_json
+from ..training import Run, TrainConfig, fit, load_run, runnable_precision
+from .common import _studies_folder
+
+
+def choose_final(table: pd.DataFrame, configs: dict[str, TrainConfig], epochs: int, budget_minutes: float,
+                 train_images: int, **overrides) -> tuple[str, TrainConfig, str]:
+    """The most accurate step on validation whose training, projected from its median training
+    throughput (images per second, without the ladder's per-epoch validation) to ``epochs`` epochs on
+    ``train_images`` images, fits the budget; its configuration for the final run (all training images,
+    the test set read once, after the last epoch; ``overrides`` such as a quick run's test_subset) and
+    the reason in words."""
+    t = table.copy()
+    t["projected minutes"] = epochs * train_images / t["images/s"] / 60
+    fits = t[t["projected minutes"] <= budget_minutes]
+    if fits.empty:
+        raise ValueError(f"no step fits {budget_minutes} minutes at {epochs} epochs; lower final_epochs")
+    pick = fits.loc[fits["val acc"].idxmax()]
+    config = dataclasses.replace(configs[pick["step"]], validation=0, epochs=epochs, eval_each_epoch=False,
+                                 **overrides)
+    reason = (f"Step **{pick['step']}** ({pick['change']}) has the highest validation accuracy, "
+              f"{pick['val acc']:.2f}%, among the steps whose training is projected to fit {budget_minutes:g} "
+              f"minutes at {epochs} epochs on {train_images:,} images (projected {pick['projected minutes']:.1f} "
+              f"min from its median training throughput, {pick['images/s']:.0f} images/s).")
+    return pick["step"], config, reason
+
+
+def save_final(run: Run, step: str, reason: str, results_dir="results") -> dict:
+    """What the final model did, beside its run: step, reason, test accuracy, minutes."""
+    info = {"step": step, "reason": reason, "test_acc": run.metrics["final_test_acc"],
+            "test_loss": float(run.history["test_loss"].iloc[-1]), "minutes": run.metrics["train_seconds"] / 60,
+            "parameters": run.metrics["parameters"], "epochs": run.config.epochs, "data": run.metrics["data"],
+            "official_data": run.metrics["official_data"]}
+    save_json(info, _studies_folder(results_dir) / "final.json")
+    return info
+
+
+def final_summary(info: dict, budget_minutes: float, goal: float = 90.0) -> str:
+    """The answer in one paragraph: the final model's test accuracy and time against the goal."""
+    acc, minutes = 100 * info["test_acc"], info["minutes"]
+    met = acc >= goal and minutes <= budget_minutes
+    data = ("the official CIFAR-10 test set" if info["official_data"] else
+            "a copy of CIFAR-10 that is not the official archive (on the project's machines the offline JPEG "
+            "re-encoding at quality 75)")
+    return (f"The final model (step **{info['step']}**, {info['parameters']:,} parameters, {info['epochs']} epochs) "
+            f"reaches **{acc:.2f}%** test accuracy on {data} after {minutes:.1f} minutes of training (the last epoch's "
+            f"time includes the one evaluation on the test set). "
+            + (f"That meets the goal of {goal:g}% within {budget_minutes:g} minutes." if met else
+               f"That does not meet the goal of {goal:g}% within {budget_minutes:g} minutes "
+               f"({'accuracy' if acc < goal else 'time'} falls short)."))
+
+
+def final_run_name(seed: int) -> str:
+    """Where the final recipe's run with ``seed`` lives: seed 0 is the notebook's ``final`` run."""
+    return "final" if seed == 0 else f"final_seeds/seed{seed}"
+
+
+def final_seed_runs(config: TrainConfig, seeds, data: D.CIFAR10, results_dir="results", device=None) -> dict[int, Run]:
+    """The final configuration trained (or loaded) once per seed, each into its own folder."""
+    return {seed: fit(dataclasses.replace(config, seed=seed), data, run_name=final_run_name(seed),
+                      results_dir=results_dir, device=device, replay=False)
+            for seed in seeds}
+
+
+def finished_final_seeds(results_dir="results") -> dict[int, Run]:
+    """The final recipe's finished runs by seed (seed 0 is ``final``), read without training anything; a
+    folder whose configuration differs from seed 0's in anything but the seed and the precision is skipped."""
+    root = project_path(results_dir)
+    found: dict[int, Run] = {}
+    if not (root / "final" / "metrics.json").exists():
+        return found
+    first = load_run(root / "final")
+    found[first.config.seed] = first
+    for path in sorted((root / "final_seeds").glob("seed*")):
+        if (path / "metrics.json").exists():
+            run = load_run(path)
+            if set(run.config.differences(first.config)) <= {"seed"}:
+                found[run.config.seed] = run
+    return dict(sorted(found.items()))
+
+
+def one_view_accuracy(run: Run, images: torch.Tensor | None, labels: torch.Tensor | None, device=None) -> float:
+    """Test accuracy (percent) of a run's final weights on one view per image, without its test-time
+    augmentation; measured once and kept in ``<run>/one_view.json``. Without images, the kept value
+    (NaN if none was measured)."""
+    if images is None:
+        path = run.path / "one_view.json"
+        return read_json(path)["value"]["accuracy"] if path.exists() else math.nan
+    device = torch.device(device) if device is not None else torch.device("cpu")
+
+    def measure():
+        precision = runnable_precision(run.config.precision, device)
+        accuracy = evaluate(run.model.to(device), images, labels.to(device), precision=precision)["accuracy"]
+        run.model.cpu()
+        return {"accuracy": accuracy * 100, "precision": precision}
+    key = {"images": digest(images, labels), "config": run.config.identity()}
+    return cached(run.path / "one_view.json", key, measure)["accuracy"]
+
+
+def final_seed_table(runs: dict[int, Run], images: torch.Tensor | None = None, labels: torch.Tensor | None = None,
+                     device=None) -> pd.DataFrame:
+    """Per seed of the final recipe: test accuracy with its test-time views and on one view, training
+    minutes, and where and in which precision it trained."""
+    rows = []
+    for seed, run in runs.items():
+        env = run.metrics.get("environment", {})
+        rows.append({"seed": seed, "test acc (%)": run.metrics["final_test_acc"] * 100,
+                     "one view (%)": one_view_accuracy(run, images, labels, device),
+                     "minutes": run.metrics["train_seconds"] / 60, "precision": run.config.precision,
+                     "device": f"{env.get('device', '?')}, {env.get('threads', '?')} threads"})
+    return pd.DataFrame(rows).set_index("seed")
+
+
+def final_seed_fields(table: pd.DataFrame, planned: int = 5) -> dict:
+    """Mean, standard deviation and minimum of the final recipe's accuracies over seeds, for the text."""
+    acc, one = table["test acc (%)"], table["one view (%)"]
+    sd = acc.std() if len(table) > 1 else math.nan
+    return {"n": len(table), "n_seeds": f"{len(table)} seed{'s' if len(table) != 1 else ''}",
+            "planned": planned, "mean": acc.mean(), "sd": sd,
+            "spread": "" if sd != sd else f" (standard deviation {sd:.2f} points)",
+            "low": acc.min(), "high": acc.max(), "one_mean": one.mean(), "one_low": one.min(),
+            "minutes_low": table["minutes"].min(), "minutes_high": table["minutes"].max(),
+            "precisions": ", ".join(f"seed {s}: {p}" for s, p in table["precision"].items())}
+
+
+def precision_fields(table: pd.DataFrame) -> dict | None:
+    """bf16 against fp32 over the final recipe's seeds (``final_seed_table``): per precision the number of
+    seeds, mean and standard deviation of the test accuracy (six views and one view), the difference of the
+    means with its standard error (unequal variances: sqrt(sd1^2/n1 + sd2^2/n2)) and whether it is within
+    two standard errors of zero. None unless both precisions have at least two seeds."""
+    groups = {p: g for p, g in table.groupby("precision")}
+    if set(groups) != {"bf16", "fp32"} or min(len(g) for g in groups.values()) < 2:
+        return None
+    fields = {}
+    for column, key in (("test acc (%)", ""), ("one view (%)", "one_")):
+        stats = {p: (len(g), g[column].mean(), g[column].std()) for p, g in groups.items()}
+        diff = stats["bf16"][1] - stats["fp32"][1]
+        se = math.hypot(stats["bf16"][2] / math.sqrt(stats["bf16"][0]), stats["fp32"][2] / math.sqrt(stats["fp32"][0]))
+        fields.update({f"{key}bf16_mean": stats["bf16"][1], f"{key}fp32_mean": stats["fp32"][1],
+                       f"{key}bf16_sd": stats["bf16"][2], f"{key}fp32_sd": stats["fp32"][2],
+                       f"{key}diff": diff, f"{key}se": se, f"{key}within": abs(diff) < 2 * se})
+    minutes = {p: g["minutes"].mean() for p, g in groups.items()}
+    fields.update({"bf16_n": len(groups["bf16"]), "fp32_n": len(groups["fp32"]),
+                   "bf16_seeds": ", ".join(str(s) for s in groups["bf16"].index),
+                   "fp32_seeds": ", ".join(str(s) for s in groups["fp32"].index),
+                   "bf16_minutes": minutes["bf16"], "fp32_minutes": minutes["fp32"],
+                   "verdict": "within the noise" if fields["within"] else "larger than the noise",
+                   "one_verdict": "within the noise" if fields["one_within"] else "larger than the noise"})
+    return fields
+
+
+def found_fields(seeds: pd.DataFrame, info: dict, budget_minutes: float, goal: float = 90.0) -> dict:
+    """Notebook 09's answer over seeds: the recipe's mean accuracy against ``goal`` and its training
+    minutes against ``budget_minutes``, per precision (bf16 where the machine computes it natively)."""
+    fields = final_seed_fields(seeds)
+    minutes = seeds.groupby("precision")["minutes"]
+    fastest = minutes.max().min()          # the slowest run of the faster precision
+    return {**fields, "step": info["step"], "parameters": info["parameters"], "epochs": info["epochs"],
+            "goal": goal, "budget": budget_minutes, "goal_met": "meets" if fields["mean"] >= goal else "misses",
+            "above": int((seeds["test acc (%)"] >= goal).sum()),
+            "minutes": "; ".join(f"{p}: {m.min():.0f} to {m.max():.0f} minutes" if m.min() != m.max()
+                                 else f"{p}: {m.min():.0f} minutes" for p, m in minutes),
+            "budget_met": "within" if fastest <= budget_minutes else "over"}

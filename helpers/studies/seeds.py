@@ -1,0 +1,130 @@
+"""The seed study (notebook 08): every model with several seeds on a shorter schedule, the spread of
+its accuracy, and the report's conclusions checked seed by seed."""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pandas as pd
+
+from .. import data as D
+from ..models import VARIANTS
+from ..results import overfits
+from ..training import Run, TrainConfig, fit, load_run, pick_device, resolve_precision
+from .common import SHORT_NAMES
+
+
+def history_prefix(longer: Run, config: TrainConfig) -> pd.DataFrame | None:
+    """The first ``config.epochs`` epochs of ``longer`` when they *are* a run of ``config``, else None.
+
+    That holds when the two configurations differ only in the number of epochs, the learning rate is
+    constant and the model is evaluated every epoch: then nothing in the first N epochs depends on the
+    total, and a shorter run repeats them bit for bit (tests/test_studies.py checks this).
+    """
+    same = set(longer.config.differences(config)) <= {"epochs"}   # precision aside: it says how, not what
+    if not same or config.schedule != "constant" or not config.eval_each_epoch or len(longer.history) < config.epochs:
+        return None
+    return longer.history.iloc[:config.epochs].reset_index(drop=True)
+
+
+def seed_study(data: D.CIFAR10, seeds, epochs: int, results_dir="results", reuse_from="results",
+               device=None, **options) -> tuple[dict, pd.DataFrame]:
+    """Train every variant with each seed for ``epochs`` epochs (report protocol otherwise).
+
+    A run already in ``reuse_from/<variant>`` (the report's 100-epoch runs) stands in for its seed when
+    ``history_prefix`` says its first epochs are exactly the shorter run. Returns
+    ``{(variant, seed): history}`` and a table saying where each history came from.
+    """
+    histories, sources = {}, []
+    for variant in VARIANTS:
+        for seed in seeds:
+            config = TrainConfig(model=variant, seed=seed, epochs=epochs, **options)
+            config = dataclasses.replace(config, precision=resolve_precision(config.precision, pick_device(device)))
+            longer = D.project_path(reuse_from) / config.default_name()
+            hist = None
+            if (longer / "metrics.json").exists():
+                hist = history_prefix(load_run(longer), config)
+            if hist is not None:
+                source = f"first {epochs} epochs of {D.shown_path(longer)}"
+            else:
+                name = f"seeds/{config.default_name()}_{epochs}ep"
+                run = fit(config, data, run_name=name, results_dir=results_dir, device=device,
+                          verbose=not (D.project_path(results_dir) / name / "metrics.json").exists())
+                hist, source = run.history, str(D.shown_path(run.path))
+            histories[variant, seed] = hist
+            sources.append({"model": VARIANTS[variant], "seed": seed, "history from": source})
+            print(f"{variant} seed {seed}: best test accuracy {hist['test_acc'].max():.2%}, "
+                  f"final {hist['test_acc'].iloc[-1]:.2%} ({source})", flush=True)
+    return histories, pd.DataFrame(sources)
+
+
+def seed_table(histories: dict) -> pd.DataFrame:
+    """Per variant: mean, standard deviation and range over seeds of best and final test accuracy (%),
+    and the epochs of the lowest test loss."""
+    rows = {}
+    for variant in VARIANTS:
+        hs = [h for (v, _), h in histories.items() if v == variant]
+        if not hs:
+            continue
+        best = pd.Series([h["test_acc"].max() * 100 for h in hs])
+        final = pd.Series([h["test_acc"].iloc[-1] * 100 for h in hs])
+        rows[VARIANTS[variant]] = {
+            "seeds": len(hs), "epochs": max(len(h) for h in hs),
+            "best mean": best.mean(), "best sd": best.std(ddof=1) if len(hs) > 1 else math.nan,
+            "best min": best.min(), "best max": best.max(), "final mean": final.mean(),
+            "final sd": final.std(ddof=1) if len(hs) > 1 else math.nan,
+            "lowest loss epochs": ", ".join(str(int(h.loc[h["test_loss"].idxmin(), "epoch"])) for h in hs),
+            "final/lowest loss": pd.Series([h["test_loss"].iloc[-1] / h["test_loss"].min() for h in hs]).mean()}
+    return pd.DataFrame(rows).T.infer_objects()
+
+
+def seed_checks(histories: dict) -> list[dict]:
+    """The report's conclusions, each checked seed by seed: {claim, seeds, held, evidence}."""
+    seeds = sorted({s for (_, s) in histories})
+    if any((v, s) not in histories for v in VARIANTS for s in seeds):
+        return []
+    per_seed = {s: {v: histories[v, s] for v in VARIANTS} for s in seeds}
+    best = {s: {v: h["test_acc"].max() * 100 for v, h in hs.items()} for s, hs in per_seed.items()}
+    final_loss = {s: {v: h["test_loss"].iloc[-1] for v, h in hs.items()} for s, hs in per_seed.items()}
+    checks = [
+        ("Best accuracy ranks FC < average pooling < average pooling + dropout",
+         {s: b["fc"] < b["avgpool"] < b["avgpool_dropout"] for s, b in best.items()},
+         {s: " < ".join(f"{b[v]:.1f}" for v in VARIANTS) for s, b in best.items()}),
+        ("The FC model overfits (test loss lowest in the first half, then ends more than 10% above it)",
+         {s: overfits(hs["fc"]["test_loss"], hs["fc"]["epoch"]) for s, hs in per_seed.items()},
+         {s: _loss_story(hs["fc"]) for s, hs in per_seed.items()}),
+        ("The average-pooling model overfits the same way",
+         {s: overfits(hs["avgpool"]["test_loss"], hs["avgpool"]["epoch"]) for s, hs in per_seed.items()},
+         {s: _loss_story(hs["avgpool"]) for s, hs in per_seed.items()}),
+        ("Dropout ends with the lowest test loss of the three",
+         {s: min(fl, key=fl.get) == "avgpool_dropout" for s, fl in final_loss.items()},
+         {s: ", ".join(f"{SHORT_NAMES[v]} {fl[v]:.2f}" for v in VARIANTS) for s, fl in final_loss.items()}),
+    ]
+    return [{"claim": claim, "seeds": len(seeds), "held": sum(holds.values()),
+             "evidence": "; ".join(f"seed {s}: {ev[s]}" for s in seeds)} for claim, holds, ev in checks]
+
+
+def _loss_story(h: pd.DataFrame) -> str:
+    loss = h["test_loss"]
+    return f"lowest {loss.min():.2f} at epoch {int(h.loc[loss.idxmin(), 'epoch'])}, final {loss.iloc[-1]:.2f}"
+
+
+def seed_checks_markdown(checks: list[dict]) -> str:
+    if not checks:
+        return "_The checks need every variant trained with every seed._"
+    lines = [f"- **{c['claim']}**: holds in {c['held']} of {c['seeds']} seeds ({c['evidence']})." for c in checks]
+    solid = [c for c in checks if c["held"] == c["seeds"]]
+    return "\n".join(lines) + f"\n\n{len(solid)} of these {len(checks)} conclusions hold in every seed."
+
+
+def seed_spread(table: pd.DataFrame) -> str:
+    """How the seed-to-seed spread compares with the gaps between the models, in one paragraph."""
+    if len(table) < 2:
+        return ""
+    spread = table["best max"] - table["best min"]
+    order = table["best mean"].sort_values()
+    gaps = ", ".join(f"{order.index[i + 1]} over {order.index[i]} {order.iloc[i + 1] - order.iloc[i]:+.1f}"
+                     for i in range(len(order) - 1))
+    return (f"Over {int(table['seeds'].min())} seeds the best test accuracy of one model ranges over at most "
+            f"{spread.max():.1f} points ({spread.idxmax()}) and its standard deviation is at most "
+            f"{table['best sd'].max():.2f} points. The mean gaps between the models are: {gaps} points.")
