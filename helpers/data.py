@@ -66,12 +66,14 @@ class CIFAR10:
     root: Path
     official: bool      # True when every batch file matches the official archive's MD5
     classes: tuple = CLASSES
+    changed: str = ""   # what was done to the images after reading them, e.g. "re-encoded as JPEG at quality 50"
 
     @property
     def source(self) -> str:
-        """Where the images came from (a folder as ``shown_path`` writes it) and whether they are official."""
+        """Where the images came from (a folder as ``shown_path`` writes it), whether they are official and
+        what was done to them since."""
         kind = "the official archive" if self.official else "not the official archive: its checksums differ"
-        return f"{shown_path(self.root / BATCH_DIR)}, {kind}"
+        return f"{shown_path(self.root / BATCH_DIR)}, {kind}" + (f"; {self.changed}" if self.changed else "")
 
 
 def data_root(root: str | os.PathLike | None = None) -> Path:

@@ -1,0 +1,116 @@
+"""How much JPEG compression costs (issue 17, notebook 09): the offline copy of CIFAR-10 is itself a JPEG
+re-encoding at quality 75, so its cost against the official archive cannot be measured here directly.
+Instead the copy is compressed once more at lower qualities, the final recipe is trained on each with
+several seeds, and accuracy is read against the distortion each pass adds (PSNR against the copy).
+
+* ``reencode`` / ``jpeg_copy``: the images after one more JPEG pass, in memory, deterministic.
+* ``psnr``: the distortion of a pass, in dB over a whole set.
+* ``jpeg_runs``: the recipe per quality and seed, in ``results/jpeg/q<quality>/seed<seed>``.
+* ``jpeg_table`` / ``jpeg_fields``: accuracy against distortion, and the cost of a pass estimated from it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+
+from .. import data as D
+from ..files import cached, digest, project_path
+from ..training import Run, TrainConfig, fit, load_run
+
+
+def reencode(images: torch.Tensor, quality: int) -> torch.Tensor:
+    """uint8 images (N, 3, H, W) after one JPEG pass at ``quality`` (Pillow's encoder, its default 4:2:0
+    chroma subsampling, as most JPEG files have), decoded back to uint8. Deterministic."""
+    if not (isinstance(quality, int) and 1 <= quality <= 95):
+        raise ValueError(f"quality must be a whole number from 1 to 95; got {quality!r}")
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be uint8 of shape (N, 3, H, W); got {images.dtype} {tuple(images.shape)}")
+    out = np.empty(tuple(images.shape), dtype=np.uint8)
+    for i, image in enumerate(images.permute(0, 2, 3, 1).numpy()):
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
+        out[i] = np.asarray(Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")).transpose(2, 0, 1)
+    return torch.from_numpy(out)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Peak signal-to-noise ratio (dB) between two sets of uint8 images, from the mean squared error
+    over every pixel and channel of the set: 10 log10(255^2 / MSE)."""
+    mse = (a.double() - b.double()).pow(2).mean().item()
+    return math.inf if mse == 0 else 10 * math.log10(255 ** 2 / mse)
+
+
+def jpeg_copy(data: D.CIFAR10, quality: int) -> D.CIFAR10:
+    """``data`` with every training and test image passed through JPEG once more at ``quality``; its
+    ``source`` says so. A few seconds per 10,000 images."""
+    change = f"re-encoded once more as JPEG at quality {quality}"
+    return dataclasses.replace(
+        data, train=D.Split(reencode(data.train.images, quality), data.train.labels),
+        test=D.Split(reencode(data.test.images, quality), data.test.labels), official=False,
+        changed=f"{data.changed}; {change}" if data.changed else change)
+
+
+def run_name(quality: int, seed: int) -> str:
+    return f"jpeg/q{quality}/seed{seed}"
+
+
+def jpeg_runs(config: TrainConfig, qualities, seeds, data: D.CIFAR10, results_dir="results",
+              device=None) -> dict[tuple[int, int], Run]:
+    """The recipe ``config`` trained (or loaded) once per quality and seed on ``jpeg_copy(data, quality)``,
+    seed by seed, so that every quality has a run early. A quality's copy is made only if one of its runs
+    is unfinished (a finished run loads without its data)."""
+    copies: dict[int, D.CIFAR10] = {}
+    runs = {}
+    for seed in seeds:
+        for quality in qualities:
+            name = run_name(quality, seed)
+            if quality not in copies and not (project_path(results_dir) / name / "metrics.json").exists():
+                copies[quality] = jpeg_copy(data, quality)
+            runs[quality, seed] = fit(dataclasses.replace(config, seed=seed), copies.get(quality, data),
+                                      run_name=name, results_dir=results_dir, device=device)
+    return runs
+
+
+def distortion(data: D.CIFAR10, quality: int, results_dir="results") -> dict:
+    """PSNR (dB) of one more JPEG pass at ``quality`` against the copy, on the training and on the test
+    images; measured once and kept in ``results/jpeg/q<quality>/distortion.json``."""
+    def measure():
+        copy = jpeg_copy(data, quality)
+        return {"train psnr": psnr(copy.train.images, data.train.images),
+                "test psnr": psnr(copy.test.images, data.test.images)}
+    folder = project_path(results_dir) / "jpeg" / f"q{quality}"
+    folder.mkdir(parents=True, exist_ok=True)
+    key = {"images": digest(data.train.images[:1000], data.test.images[:1000]), "quality": quality}
+    return cached(folder / "distortion.json", key, measure)
+
+
+def finished_jpeg_runs(results_dir="results") -> dict[tuple[int, int], Run]:
+    """The finished runs under ``results/jpeg/``, by (quality, seed), read without training anything."""
+    runs = {}
+    for path in sorted(project_path(results_dir).glob("jpeg/q*/seed*")):
+        if (path / "metrics.json").exists():
+            runs[int(path.parent.name[1:]), int(path.name[4:])] = load_run(path, weights=False)
+    return runs
+
+
+def jpeg_table(baseline: pd.DataFrame, runs: dict[tuple[int, int], Run], psnrs: dict[int, dict]) -> pd.DataFrame:
+    """Test accuracy against the distortion of the extra pass: the copy as it is (``baseline``, the final
+    recipe's seed table) and one row per quality: seeds, mean and standard deviation of the test accuracy,
+    its standard error, the mean squared error the pass adds (from its test PSNR) and the drop from the copy."""
+    base = baseline["test acc (%)"]
+    rows = [{"quality": "copy as it is", "psnr (dB)": math.inf, "added mse": 0.0, "seeds": len(base),
+             "test acc (%)": base.mean(), "sd": base.std(), "se": base.std() / math.sqrt(len(base)), "drop": 0.0}]
+    for quality in sorted({q for q, _ in runs}, reverse=True):
+        acc = pd.Series([r.metrics["final_test_acc"] * 100 for (q, _), r in runs.items() if q == quality])
+        p = psnrs[quality]["test psnr"]
+        rows.append({"quality": str(quality), "psnr (dB)": p, "added mse": 255 ** 2 / 10 ** (p / 10), "seeds": len(acc),
+                     "test acc (%)": acc.mean(), "sd": acc.std() if len(acc) > 1 else math.nan,
+                     "se": acc.std() / math.sqrt(len(acc)) if len(acc) > 1 else math.nan,
+                     "drop": base.mean() - acc.mean()})
+    return pd.DataFrame(rows).set_index("quality")

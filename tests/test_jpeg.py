@@ -1,0 +1,42 @@
+"""The JPEG sensitivity study: one more JPEG pass, its distortion, runs on the copy and their table."""
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+import helpers as H
+from helpers.studies import jpeg
+
+
+def test_a_jpeg_pass_is_deterministic_and_lower_quality_distorts_more(fake_data):
+    images = fake_data.test.images[:50]
+    q75, q25 = jpeg.reencode(images, 75), jpeg.reencode(images, 25)
+    assert torch.equal(q75, jpeg.reencode(images, 75)) and q75.dtype == torch.uint8 and q75.shape == images.shape
+    assert math.isinf(jpeg.psnr(images, images))
+    assert jpeg.psnr(q25, images) < jpeg.psnr(q75, images) < 60
+    assert jpeg.psnr(torch.zeros(1, 3, 2, 2, dtype=torch.uint8), torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)) == 0
+    with pytest.raises(ValueError, match="quality must be"):
+        jpeg.reencode(images, 0)
+    with pytest.raises(ValueError, match="uint8 of shape"):
+        jpeg.reencode(images.float(), 50)
+
+
+def test_runs_on_a_jpeg_copy_say_so_and_are_tabulated_against_distortion(fake_data, tmp_path):
+    copy = jpeg.jpeg_copy(fake_data, 50)
+    assert not copy.official and "re-encoded once more as JPEG at quality 50" in copy.source
+    assert torch.equal(copy.train.labels, fake_data.train.labels)
+    assert not torch.equal(copy.train.images, fake_data.train.images)
+    config = H.TrainConfig(model="avgpool", epochs=1, train_subset=100, test_subset=50)
+    runs = jpeg.jpeg_runs(config, [50, 25], [0, 1], fake_data, results_dir=tmp_path)
+    assert sorted(runs) == [(25, 0), (25, 1), (50, 0), (50, 1)]
+    assert "quality 25" in runs[25, 1].metrics["data"]
+    assert sorted(jpeg.finished_jpeg_runs(tmp_path)) == sorted(runs)
+    psnrs = {q: jpeg.distortion(fake_data, q, results_dir=tmp_path) for q in (50, 25)}
+    assert (tmp_path / "jpeg" / "q50" / "distortion.json").exists()
+    assert psnrs[25]["test psnr"] < psnrs[50]["test psnr"]
+    baseline = pd.DataFrame({"test acc (%)": [80.0, 82.0]})
+    table = jpeg.jpeg_table(baseline, jpeg.finished_jpeg_runs(tmp_path), psnrs)
+    assert list(table.index) == ["copy as it is", "50", "25"] and table.loc["copy as it is", "test acc (%)"] == 81.0
+    assert table.loc["25", "added mse"] > table.loc["50", "added mse"] > 0
+    assert table.loc["50", "drop"] == pytest.approx(81.0 - table.loc["50", "test acc (%)"])
