@@ -14,7 +14,7 @@ from . import (calibration, data, evaluation, explain, files, models, plots, res
 from .data import (CLASSES, CIFAR10, DataError, balanced_subset, channel_stats, examples_per_class, hold_out,
                    load_cifar10, normalize)
 from .evaluation import author_loss_scale, confusion_matrix, evaluate, per_class_accuracy, predict
-from .models import COLORS, MARKERS, MODELS, VARIANTS, build_model, count_parameters, layer_table
+from .models import COLORS, MARKERS, MODELS, VARIANTS, Network, build_model, count_parameters, layer_table
 from .files import RunBusyError
 from .sanity import overfit_one_batch
 from .training import (DivergedError, Run, RunConflictError, RunDataError, TrainConfig, fit, load_run,
@@ -26,6 +26,6 @@ __all__ = [
     "CLASSES", "CIFAR10", "DataError", "balanced_subset", "channel_stats", "examples_per_class", "hold_out",
     "load_cifar10", "normalize",
     "author_loss_scale", "confusion_matrix", "evaluate", "per_class_accuracy", "predict",
-    "COLORS", "MARKERS", "MODELS", "VARIANTS", "build_model", "count_parameters", "layer_table",
+    "COLORS", "MARKERS", "MODELS", "VARIANTS", "Network", "build_model", "count_parameters", "layer_table",
     "DivergedError", "Run", "RunBusyError", "RunConflictError", "RunDataError", "TrainConfig", "fit", "load_run", "overfit_one_batch", "pick_device", "print_setup",
 ]

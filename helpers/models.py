@@ -20,12 +20,15 @@ reported). ``head="author"`` reproduces the original 256-logit output.
 
 Beyond the report (notebook 09): ``convs`` keeps only the first 5 or 6
 convolutions of an average-pooling model, and ``compact`` is a different,
-deliberately small network (see ``build_compact``).
+deliberately small network (see ``build_compact``). A ``Network`` names one
+network with all its options, checks them, and builds it.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import OrderedDict
+from dataclasses import dataclass
 
 import pandas as pd
 import torch
@@ -70,36 +73,98 @@ def batchnorm_layers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
-def build_model(name: str, head: str = "linear", dropout: float = 0.5, batchnorm: bool = False,
-                width: float = 1.0, convs: int = 7, **compact_options) -> nn.Sequential:
-    """One of the report's variants; ``head="author"`` keeps the 256-logit output of models 2 and 3.
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class Network:
+    """What defines a network: which model, its output and the options beyond the report. Every option
+    is checked here, once, when a ``Network`` is made; ``build`` then only assembles the layers.
 
     Options beyond the report (off by default): ``batchnorm`` puts a BatchNorm2d between each
     convolution (then without bias) and its ReLU; ``width`` scales every layer's channel count;
-    ``convs`` (5 or 6, average-pooling models only) drops the last convolutions, and with them most
-    of the parameters. ``name="compact"`` builds the follow-up network instead (``build_compact``,
-    which also takes ``compact_options``).
+    ``convs`` (5 or 6, average-pooling models with the 10-way head) drops the last convolutions, and
+    with them most of the parameters. The rest apply to the compact network only (``build_compact``
+    says what they do).
     """
-    if name == "compact":
-        if head != "linear" or convs != 7:
-            raise ValueError("the compact network takes only the width option and its own (see build_compact)")
-        return build_compact(width, **compact_options)
-    if compact_options:
-        raise ValueError(f"{', '.join(compact_options)} apply to the compact network only (model='compact')")
-    if name not in VARIANTS:
-        raise ValueError(f"unknown model {name!r}; choose one of {', '.join(MODELS)}")
-    if convs not in (5, 6, 7):
-        raise ValueError(f"convs must be 5, 6 or 7 (the report's models have 7); got {convs}")
-    if convs != 7 and (name == "fc" or head == "author"):
-        raise ValueError("convs < 7 applies to the average-pooling models with the 10-way head")
-    if head not in HEADS:
-        raise ValueError(f"unknown head {head!r}; choose 'linear' (10-way) or 'author' (256 logits)")
-    if name == "fc" and head != "linear":
-        raise ValueError("head='author' only applies to the average-pooling models")
-    if head == "author" and width != 1.0:
-        raise ValueError("head='author' (256 logits) needs width=1.0")
-    if width <= 0:
-        raise ValueError(f"width must be positive, got {width}")
+    model: str = "fc"
+    head: str = "linear"            # "author": the 256-logit output of models 2 and 3
+    batchnorm: bool = False
+    width: float = 1.0
+    convs: int = 7
+    whiten: bool = False            # compact: a frozen 2x2 stem set from the data to whiten image patches
+    dirac: bool = False             # compact: 3x3 convolutions start as partly the identity
+    bn_scale: bool = True           # compact: False fixes the BatchNorm scales at 1
+    bn_momentum: float = 0.1        # compact: weight of each batch in BatchNorm's running statistics
+    logit_scale: float = 1.0        # compact: multiply the logits by this
+
+    def __post_init__(self):
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {', '.join(MODELS)}; got {self.model!r}")
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {', '.join(HEADS)} ('linear': 10-way, 'author': 256 logits); "
+                             f"got {self.head!r}")
+        if not _whole(self.convs):
+            raise ValueError(f"convs must be a whole number; got {self.convs!r}")
+        for name in ("width", "bn_momentum", "logit_scale"):
+            if not _number(getattr(self, name)):
+                raise ValueError(f"{name} must be a finite number; got {getattr(self, name)!r}")
+        if self.width <= 0:
+            raise ValueError(f"width must be positive; got {self.width}")
+        if not 0 < self.bn_momentum <= 1 or self.logit_scale <= 0:
+            raise ValueError(f"bn_momentum must be in (0, 1] and logit_scale positive; got {self.bn_momentum}, "
+                             f"{self.logit_scale}")
+        if self.model == "compact":
+            if self.head != "linear" or self.convs != 7:
+                raise ValueError("the compact network takes only the width option and its own (see build_compact)")
+            return
+        changed = [f.name for f in dataclasses.fields(self) if f.name in COMPACT_ONLY and getattr(self, f.name) != f.default]
+        if changed:
+            raise ValueError(f"{', '.join(changed)} {'applies' if len(changed) == 1 else 'apply'} to the compact "
+                             "network only (model='compact')")
+        if self.convs not in (5, 6, 7):
+            raise ValueError(f"convs must be 5, 6 or 7 (the report's models have 7); got {self.convs}")
+        if self.convs != 7 and (self.model == "fc" or self.head == "author"):
+            raise ValueError("convs < 7 applies to the average-pooling models with the 10-way head")
+        if self.model == "fc" and self.head != "linear":
+            raise ValueError("head='author' only applies to the average-pooling models")
+        if self.head == "author" and self.width != 1.0:
+            raise ValueError("head='author' (256 logits) needs width=1.0")
+
+    @property
+    def has_batchnorm(self) -> bool:
+        return self.batchnorm or self.model == "compact"
+
+    @property
+    def dropout_meets_batchnorm(self) -> bool:
+        """Whether BatchNorm layers follow dropout: then the statistics they record while training (dropout
+        on) are not those of evaluation (dropout off)."""
+        return self.model == "avgpool_dropout" and self.batchnorm
+
+    def build(self) -> nn.Sequential:
+        """The untrained network (a whitened stem is filled later, from the data: ``whiten_stem``)."""
+        if self.model == "compact":
+            return build_compact(self.width, self.dirac, self.bn_scale, self.bn_momentum, self.logit_scale)
+        return _build_report_model(self.model, self.head, self.batchnorm, self.width, self.convs)
+
+
+# The options that only the compact network takes.
+COMPACT_ONLY = ("whiten", "dirac", "bn_scale", "bn_momentum", "logit_scale")
+
+
+def build_model(name: str, head: str = "linear", **options) -> nn.Sequential:
+    """``Network(name, head, **options).build()``: one of the report's variants (``head="author"`` keeps the
+    256-logit output of models 2 and 3) or, with ``name="compact"``, the follow-up network."""
+    return Network(name, head, **options).build()
+
+
+def _build_report_model(name: str, head: str, batchnorm: bool, width: float, convs: int,
+                        dropout: float = 0.5) -> nn.Sequential:
     channels = [(c_in if i == 0 else max(4, round(c_in * width)), max(4, round(c_out * width)))
                 for i, (c_in, c_out) in enumerate(CONV_CHANNELS[:convs])]
     layers: list[tuple[str, nn.Module]] = []
@@ -156,10 +221,6 @@ def build_compact(width: float = 1.0, dirac: bool = False, bn_scale: bool = True
     0.1; airbench uses 0.6, so the statistics follow weights that change fast); ``logit_scale``
     multiplies the logits (airbench: 1/9).
     """
-    if width <= 0:
-        raise ValueError(f"width must be positive, got {width}")
-    if not 0 < bn_momentum <= 1 or logit_scale <= 0:
-        raise ValueError(f"bn_momentum must be in (0, 1] and logit_scale positive; got {bn_momentum}, {logit_scale}")
     widths = [max(8, round(w * width)) for w in COMPACT_WIDTHS]
     stem = 2 * 3 * 2 * 2    # two filters (one per sign) per dimension of a 2x2x3 patch; not scaled by width
     layers: list[tuple[str, nn.Module]] = [("conv0", nn.Conv2d(3, stem, 2, padding=0, bias=False)),

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from . import data as D
 from .evaluation import autocast, evaluate, refresh_batchnorm
 from .files import FolderLock, RunBusyError, atomic_write, git_state, read_json, save_json, shown_path  # noqa: F401
-from .models import HEADS, MODELS, batchnorm_layers, build_model, count_parameters, whiten_stem
+from .models import Network, batchnorm_layers, count_parameters, whiten_stem
 
 _atomic_write = atomic_write     # the older private name
 
@@ -49,8 +49,6 @@ ADDED_FIELDS = {"bn_refresh": False}
 
 # bn_refresh re-measures BatchNorm statistics on this many training images (class-balanced)
 REFRESH_IMAGES = 10_000
-
-COMPACT_DEFAULTS = {"dirac": False, "bn_scale": True, "bn_momentum": 0.1, "logit_scale": 1.0}
 
 
 class RunConflictError(RuntimeError):
@@ -71,8 +69,11 @@ def _whole(value) -> bool:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    model: str = "fc"
-    head: str = "linear"            # "author": the 256-logit output of models 2 and 3
+    """One run: the network (the fields of ``models.Network``, marked below; ``network`` gives it, checked
+    there) and how it is trained and evaluated (the rest, checked here). The fields are stored flat, in this
+    order, in ``config.json``; a file saved before a field existed loads with its default (``from_dict``)."""
+    model: str = "fc"               # network
+    head: str = "linear"            # network: "author" is the 256-logit output of models 2 and 3
     epochs: int = 100
     batch_size: int = 64
     lr: float = 1e-3
@@ -83,18 +84,18 @@ class TrainConfig:
     test_subset: int | None = None
     validation: int = 0             # >0: hold this many training images out and evaluate on them, not on test
     # options beyond the report's protocol (all off by default; see the follow-up study)
-    batchnorm: bool = False         # BatchNorm2d after every convolution
-    width: float = 1.0              # channel multiplier
-    convs: int = 7                  # 5 or 6: drop the last convolutions of an average-pooling model
+    batchnorm: bool = False         # network: BatchNorm2d after every convolution
+    width: float = 1.0              # network: channel multiplier
+    convs: int = 7                  # network: 5 or 6: drop the last convolutions of an average-pooling model
     optimizer: str = "adam"         # adam | sgd (Nesterov)
     momentum: float = 0.9           # sgd's momentum
     bias_lr: float = 1.0            # learning-rate multiplier for BatchNorm shifts (weight decay divided by it)
-    whiten: bool = False            # compact model: a frozen 2x2 stem that whitens image patches
+    whiten: bool = False            # network: compact model: a frozen 2x2 stem that whitens image patches
     lookahead: bool = False         # average the weights of the last steps (from 30% of training on)
-    dirac: bool = False             # compact model: 3x3 convolutions start as partly the identity
-    bn_scale: bool = True           # compact model: False fixes the BatchNorm scales at 1
-    bn_momentum: float = 0.1        # compact model: weight of each batch in BatchNorm's running statistics
-    logit_scale: float = 1.0        # compact model: multiply the logits by this
+    dirac: bool = False             # network: compact model: 3x3 convolutions start as partly the identity
+    bn_scale: bool = True           # network: compact model: False fixes the BatchNorm scales at 1
+    bn_momentum: float = 0.1        # network: compact model: weight of each batch in BatchNorm's running statistics
+    logit_scale: float = 1.0        # network: compact model: multiply the logits by this
     augment: str = "none"           # none | flip_crop (random mirror and a crop of the image padded by crop_pad)
     crop_pad: int = 4               # how far flip_crop may move the image, in pixels
     schedule: str = "constant"      # constant | onecycle | cosine | triangle (per step)
@@ -105,13 +106,13 @@ class TrainConfig:
     bn_refresh: bool = False        # re-measure BatchNorm statistics with dropout off before each evaluation
 
     def __post_init__(self):
-        checks = {"model": tuple(MODELS), "head": HEADS, "augment": ("none", "flip_crop"),
-                  "schedule": ("constant", "onecycle", "cosine", "triangle"),
+        self.network                  # checks the network's fields
+        checks = {"augment": ("none", "flip_crop"), "schedule": ("constant", "onecycle", "cosine", "triangle"),
                   "precision": ("fp32", "bf16", "auto"), "optimizer": ("adam", "sgd")}
         for field, allowed in checks.items():
             if getattr(self, field) not in allowed:
                 raise ValueError(f"{field} must be one of {', '.join(allowed)}; got {getattr(self, field)!r}")
-        for field in ("epochs", "batch_size", "seed", "convs", "crop_pad", "tta_shift", "validation"):
+        for field in ("epochs", "batch_size", "seed", "crop_pad", "tta_shift", "validation"):
             if not _whole(getattr(self, field)):
                 raise ValueError(f"{field} must be a whole number; got {getattr(self, field)!r}")
         if self.epochs < 1 or self.batch_size < 1:
@@ -124,31 +125,25 @@ class TrainConfig:
         if self.validation < 0 or self.validation % 10:
             raise ValueError(f"validation must be 0 (evaluate on the test set) or a positive multiple of 10 "
                              f"(held-out training images, a tenth per class); got {self.validation!r}")
-        for field in ("lr", "weight_decay", "width", "label_smoothing", "bn_momentum", "logit_scale", "momentum",
-                      "bias_lr"):
+        for field in ("lr", "weight_decay", "label_smoothing", "momentum", "bias_lr"):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise ValueError(f"{field} must be a finite number; got {value!r}")
         if self.lr <= 0 or self.weight_decay < 0:
             raise ValueError(f"lr must be positive and weight_decay zero or positive; got lr={self.lr}, "
                              f"weight_decay={self.weight_decay}")
-        if self.width <= 0 or not 0 <= self.label_smoothing < 1 or not 0 <= self.crop_pad < 16 \
-                or not 0 <= self.tta_shift < 16:
-            raise ValueError(f"width must be positive, label_smoothing in [0, 1), crop_pad and tta_shift from 0 to 15 "
-                             f"pixels; got {self.width}, {self.label_smoothing}, {self.crop_pad}, {self.tta_shift}")
-        if self.whiten and self.model != "compact":
-            raise ValueError("whiten needs model='compact' (the only model with a 2x2 patch stem)")
-        changed = [k for k, v in self.compact_options().items() if v != COMPACT_DEFAULTS[k]]
-        if changed and self.model != "compact":
-            raise ValueError(f"{', '.join(changed)} apply to model='compact' only")
-        if self.bn_refresh and not (self.batchnorm or self.model == "compact"):
+        if not 0 <= self.label_smoothing < 1 or not 0 <= self.crop_pad < 16 or not 0 <= self.tta_shift < 16:
+            raise ValueError(f"label_smoothing must be in [0, 1), crop_pad and tta_shift from 0 to 15 pixels; got "
+                             f"{self.label_smoothing}, {self.crop_pad}, {self.tta_shift}")
+        if self.bn_refresh and not self.network.has_batchnorm:
             raise ValueError("bn_refresh re-measures BatchNorm statistics: it needs batchnorm=True or model='compact'")
         if not 0 <= self.momentum < 1 or self.bias_lr <= 0:
             raise ValueError(f"momentum must be in [0, 1) and bias_lr positive; got {self.momentum}, {self.bias_lr}")
 
-    def compact_options(self) -> dict:
-        """The options that only the compact network takes (see models.build_compact)."""
-        return {k: getattr(self, k) for k in COMPACT_DEFAULTS}
+    @property
+    def network(self) -> Network:
+        """The network this run trains (its fields checked by ``models.Network``)."""
+        return Network(**{f.name: getattr(self, f.name) for f in dataclasses.fields(Network)})
 
     @classmethod
     def from_dict(cls, saved: dict) -> "TrainConfig":
@@ -167,12 +162,6 @@ class TrainConfig:
         """{field: (self's value, other's value)} for the fields of what was trained that differ."""
         a, b = dataclasses.asdict(self), dataclasses.asdict(other)
         return {k: (a[k], b[k]) for k in a if k not in COMPUTE_FIELDS and a[k] != b[k]}
-
-    @property
-    def dropout_meets_batchnorm(self) -> bool:
-        """Whether BatchNorm layers follow dropout: then the statistics they record while training (dropout on)
-        are not those of evaluation (dropout off), unless ``bn_refresh`` measures them again."""
-        return self.model == "avgpool_dropout" and self.batchnorm
 
     @property
     def eval_split(self) -> str:
@@ -349,9 +338,7 @@ def load_run(path, weights: bool = True) -> Run:
 
 
 def make_model(config: TrainConfig) -> torch.nn.Module:
-    extra = config.compact_options() if config.model == "compact" else {}
-    model = build_model(config.model, config.head, batchnorm=config.batchnorm, width=config.width,
-                        convs=config.convs, **extra)
+    model = config.network.build()
     if config.whiten:
         model.conv0.weight.requires_grad_(False)   # set from the data by fit (whiten_stem), then kept
     return model

@@ -54,7 +54,9 @@ BAD_OPTIONS = [
     (dict(model="resnet18"), "model must be one of fc, avgpool, avgpool_dropout, compact; got 'resnet18'"),
     (dict(head="softmax"), "head must be one of linear, author"),
     (dict(precision="fp16"), "precision must be one of fp32, bf16, auto"),
-    (dict(label_smoothing=1.5), "label_smoothing in \\[0, 1\\)"),
+    (dict(label_smoothing=1.5), "label_smoothing must be in \\[0, 1\\)"),
+    (dict(width=0), "width must be positive"),
+    (dict(model="avgpool", bn_momentum=0.5), "bn_momentum applies to the compact network only"),
     (dict(crop_pad=32), "crop_pad and tta_shift from 0 to 15 pixels"),
     (dict(model="compact", optimizer="sgd", bias_lr=float("inf")), "bias_lr must be a finite number"),
 ]

@@ -21,8 +21,10 @@ def test_shapes_and_parameter_counts(name, head, count, outputs):
 
 
 def test_bad_names_are_refused():
-    with pytest.raises(ValueError, match="unknown model"):
+    with pytest.raises(ValueError, match="model must be one of fc, avgpool, avgpool_dropout, compact; got 'resnet'"):
         H.build_model("resnet")
+    with pytest.raises(ValueError, match="head must be one of linear, author"):
+        H.Network("avgpool", "softmax")
     with pytest.raises(ValueError, match="only applies to the average-pooling"):
         H.build_model("fc", head="author")
 
@@ -114,7 +116,7 @@ def test_whitened_stem_decorrelates_patches(fake_data):
     assert torch.allclose(cov, torch.eye(12), atol=0.05)
     assert not model.conv0.weight.requires_grad
     assert H.count_parameters(model) == 1_972_826 - 24 * 3 * 2 * 2
-    with pytest.raises(ValueError, match="whiten needs"):
+    with pytest.raises(ValueError, match="whiten applies to the compact network only"):
         H.TrainConfig(model="avgpool", whiten=True)
 
 

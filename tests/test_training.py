@@ -162,7 +162,7 @@ def test_options_are_validated():
         H.TrainConfig(augment="mixup")
     with pytest.raises(ValueError, match="schedule must be one of"):
         H.TrainConfig(schedule="step")
-    with pytest.raises(ValueError, match="dirac, logit_scale apply to model='compact' only"):
+    with pytest.raises(ValueError, match="dirac, logit_scale apply to the compact network only"):
         H.TrainConfig(model="avgpool", dirac=True, logit_scale=0.5)
     with pytest.raises(ValueError, match="momentum must be in"):
         H.TrainConfig(optimizer="sgd", momentum=1.0)

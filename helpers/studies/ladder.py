@@ -117,7 +117,7 @@ def run_ladder(steps: list[Step], start: TrainConfig, data: D.CIFAR10, results_d
                       verbose=not (folder / "metrics.json").exists())   # a loaded step: the line below is enough
             hist = run.history
             as_trained = {"accuracy": hist["val_acc"].iloc[-1], "loss": hist["val_loss"].iloc[-1]}
-        refreshed = refresh and config.dropout_meets_batchnorm and not config.bn_refresh
+        refreshed = refresh and config.network.dropout_meets_batchnorm and not config.bn_refresh
         ev = (_evaluate_step(run, dataclasses.replace(config, bn_refresh=True), data, folder, device,
                              "evaluation_refreshed.json") if refreshed else as_trained)
         minutes = run.history["seconds"].sum() / 60
