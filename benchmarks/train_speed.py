@@ -161,7 +161,7 @@ def main(argv=None):
     data = H.load_cifar10(verbose=False)
     peak = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     machine = (f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
-               f"{torch.__version__}, bf16 native: {H.training.cpu_has_native_bf16()}; matmul peak measured: "
+               f"{torch.__version__}, bf16 native: {H.device.cpu_has_native_bf16()}; matmul peak measured: "
                f"fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s")
     print(machine, flush=True)
     rows = []

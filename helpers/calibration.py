@@ -28,7 +28,8 @@ import torch.nn.functional as F
 
 from .evaluation import predict
 from .files import cached, digest
-from .training import Run, runnable_precision
+from .device import runnable_precision
+from .training import Run
 
 BINS = 15
 SURE = 0.99          # "over 99% sure"

@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .files import REPO_ROOT, project_path, shown_path  # noqa: F401  (re-exported: older code imports them here)
+from .files import REPO_ROOT, project_path, shown_path
 
 BATCH_DIR = "cifar-10-batches-py"
 TRAIN_FILES = [f"data_batch_{i}" for i in range(1, 6)]

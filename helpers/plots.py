@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
-from .data import CLASSES, project_path
+from .data import CLASSES
+from .files import project_path
 from .models import COLORS, MARKERS, VARIANTS
 
 DPI = 200

@@ -12,11 +12,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .data import project_path
 from .evaluation import predict
-from .files import cached, digest
+from .files import cached, digest, project_path
 from .models import VARIANTS
-from .training import Run, load_run, runnable_precision
+from .device import runnable_precision
+from .training import Run, load_run
 
 # The original report's results (SPEC.md): one unseeded run per model on a Colab GPU.
 AUTHOR = pd.DataFrame(

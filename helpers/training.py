@@ -16,14 +16,15 @@ A run lives in ``results/<run name>/``:
   last finished epoch, replaced atomically each epoch and deleted once the run
   is done. An interrupted run resumes from it and ends bit-for-bit where an
   uninterrupted run would have (same device and thread count).
-* ``history.csv``, ``metrics.json`` and, when finished, ``model.pt`` (weights).
+* ``history.csv``, ``metrics.json`` and, when finished, ``model.pt`` (weights). ``metrics.json`` names
+  the code that started the run (git commit, and whether ``helpers/`` or ``scripts/`` had uncommitted
+  changes) and lists what changed on a resume (precision, device, code).
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 import os
-import platform
 import random
 import time
 from dataclasses import dataclass
@@ -34,11 +35,10 @@ import torch
 import torch.nn.functional as F
 
 from . import data as D
+from .device import environment, pick_device, resolve_precision
 from .evaluation import autocast, evaluate, refresh_batchnorm
-from .files import FolderLock, RunBusyError, atomic_write, git_state, read_json, save_json, shown_path  # noqa: F401
+from .files import FolderLock, RunBusyError, atomic_write, git_state, project_path, read_json, save_json, shown_path
 from .models import Network, batchnorm_layers, count_parameters, whiten_stem
-
-_atomic_write = atomic_write     # the older private name
 
 # Fields that say how a run was computed, not what was trained: a finished run loads whatever they are now.
 COMPUTE_FIELDS = ("precision",)
@@ -172,69 +172,6 @@ class TrainConfig:
         return name if self.seed == 0 else f"{name}_seed{self.seed}"
 
 
-# ---------------------------------------------------------------- device and precision
-
-def pick_device(device: str | None = None) -> torch.device:
-    """The given device, else cuda, then mps, then cpu."""
-    if device:
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def cpu_has_native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def cuda_has_native_bf16(device: torch.device) -> bool:
-    return torch.cuda.is_available() and torch.cuda.get_device_capability(device) >= (8, 0)
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":   # native bf16 from Ampere (compute capability 8.0) on; is_bf16_supported
-        return "bf16" if cuda_has_native_bf16(device) else "fp32"   # also counts emulation (a T4, say)
-    if device.type == "cpu":
-        return "bf16" if cpu_has_native_bf16() else "fp32"
-    return "fp32"
-
-
-def runnable_precision(precision: str, device: torch.device) -> str:
-    """The precision to re-evaluate a run trained in ``precision`` with on ``device``: the same where the
-    device computes it natively, else fp32 (bf16 emulated on an older CPU or GPU is only slower)."""
-    return precision if resolve_precision("auto", device) == precision else "fp32"
-
-
-def environment(device: torch.device) -> dict:
-    """What a reader needs to trust a run: versions, device, threads."""
-    info = {"python": platform.python_version(), "torch": torch.__version__, "device": str(device),
-            "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()}
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    return info
-
-
-def print_setup(parameters: dict, data: "D.CIFAR10 | None" = None, device: str | None = None) -> None:
-    """What a reader needs to trust a notebook, in three lines: software and machine, data, parameters."""
-    dev = pick_device(device)
-    env = environment(dev)
-    where = env.get("gpu", env["cpu"])
-    precision = parameters.get("precision")
-    computes = f", precision {precision} -> {resolve_precision(precision, dev)}" if precision else ""
-    print(f"torch {env['torch']}, Python {env['python']}; {dev} ({where}), {env['threads']} threads{computes}")
-    if data is not None:
-        print(f"data: {data.source}" + ("" if data.official else " (README: Data)"))
-    print("parameters: " + ", ".join(f"{k}={v!r}" for k, v in parameters.items()))
-
-
 # ---------------------------------------------------------------- random states
 
 def _rng_state(shuffle: torch.Generator) -> dict:
@@ -307,7 +244,7 @@ def _read_run_json(path: Path, what: str) -> dict:
 
 def load_run(path, weights: bool = True) -> Run:
     """A finished run from its results folder, with its final weights loaded on the CPU (``weights``)."""
-    path = D.project_path(path)
+    path = project_path(path)
     metrics_file = path / "metrics.json"
     if not metrics_file.exists():
         raise FileNotFoundError(f"{shown_path(path)} holds no finished run (no metrics.json); train it first")
@@ -452,7 +389,7 @@ def fit(config: TrainConfig, data: D.CIFAR10, run_name: str | None = None, resul
     """
     dev = pick_device(device)
     config = dataclasses.replace(config, precision=resolve_precision(config.precision, dev))
-    path = D.project_path(results_dir) / (run_name or config.default_name())
+    path = project_path(results_dir) / (run_name or config.default_name())
     _check_config(path, config)
     if (path / "metrics.json").exists():
         return _load_finished(path, config, verbose, replay)

@@ -28,7 +28,7 @@ from pathlib import Path
 import nbformat
 import papermill as pm
 
-from helpers.data import shown_path
+from helpers.files import shown_path
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 TEXT = NOTEBOOKS.parent / "report" / "text" / "notebooks"

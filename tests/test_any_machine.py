@@ -22,13 +22,13 @@ def test_the_committed_runs_are_there():
 @pytest.fixture
 def no_bf16(monkeypatch):
     """A laptop: no AVX-512 BF16 or AMX, no GPU."""
-    monkeypatch.setattr(H.training, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(H.device, "cpu_has_native_bf16", lambda: False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
 
 
 @pytest.mark.parametrize("device, expected", [("cpu", "fp32"), ("mps", "fp32")])
 def test_auto_precision_is_fp32_without_native_bf16(no_bf16, device, expected):
-    assert H.training.resolve_precision("auto", torch.device(device)) == expected
+    assert H.device.resolve_precision("auto", torch.device(device)) == expected
 
 
 @pytest.mark.parametrize("capability, expected", [((7, 5), "fp32"), ((8, 0), "bf16"), ((9, 0), "bf16")])
@@ -36,7 +36,7 @@ def test_auto_precision_on_cuda_asks_for_native_bf16(monkeypatch, capability, ex
     # torch.cuda.is_bf16_supported() says True on a T4 (7.5), which only emulates bf16
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
-    assert H.training.resolve_precision("auto", torch.device("cuda")) == expected
+    assert H.device.resolve_precision("auto", torch.device("cuda")) == expected
 
 
 @pytest.mark.parametrize("device", ["cpu", "mps", "cuda"])
@@ -77,8 +77,8 @@ def test_a_run_resumed_in_another_precision_says_so_and_records_it(fake_data, tm
 
 
 def test_reevaluation_uses_the_runs_precision_only_where_the_device_runs_it(no_bf16):
-    assert H.training.runnable_precision("bf16", torch.device("cpu")) == "fp32"
-    assert H.training.runnable_precision("fp32", torch.device("cpu")) == "fp32"
+    assert H.device.runnable_precision("bf16", torch.device("cpu")) == "fp32"
+    assert H.device.runnable_precision("fp32", torch.device("cpu")) == "fp32"
 
 
 def test_test_predictions_are_measured_once_and_kept_with_the_run(fake_data, tmp_path, monkeypatch):

@@ -24,11 +24,11 @@ def test_unofficial_copy_is_announced_once(tmp_path, capsys):
 
 
 def test_source_names_a_folder_inside_the_project_relative_to_it(fake_data):
-    inside = D.CIFAR10(fake_data.train, fake_data.test, D.REPO_ROOT / "data", official=True)
+    inside = D.CIFAR10(fake_data.train, fake_data.test, H.files.REPO_ROOT / "data", official=True)
     assert inside.source == "data/cifar-10-batches-py, the official archive"
     outside = fake_data.source
     assert outside.startswith(str(fake_data.root)) and outside.endswith(", not the official archive: its checksums differ")
-    assert D.shown_path(D.REPO_ROOT / "results" / "fc") == Path("results/fc")
+    assert H.files.shown_path(H.files.REPO_ROOT / "results" / "fc") == Path("results/fc")
 
 
 def test_env_var_sets_the_root(fake_root, monkeypatch):

@@ -5,12 +5,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from .. import data as D
-from ..files import atomic_write
+from ..files import atomic_write, project_path
 
 
 def _studies_folder(results_dir) -> Path:
-    folder = D.project_path(results_dir) / "studies"
+    folder = project_path(results_dir) / "studies"
     folder.mkdir(parents=True, exist_ok=True)
     return folder
 

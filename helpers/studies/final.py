@@ -12,7 +12,8 @@ import torch
 from .. import data as D
 from ..evaluation import evaluate
 from ..files import cached, digest, project_path, read_json, save_json
-from ..training import Run, TrainConfig, fit, load_run, runnable_precision
+from ..device import runnable_precision
+from ..training import Run, TrainConfig, fit, load_run
 from .common import _studies_folder
 
 

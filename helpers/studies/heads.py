@@ -8,7 +8,8 @@ import torch
 from ..evaluation import device_of, predict
 from ..files import cached, digest
 from ..models import VARIANTS
-from ..training import Run, runnable_precision
+from ..device import runnable_precision
+from ..training import Run
 from .common import _share
 
 

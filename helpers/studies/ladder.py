@@ -12,10 +12,11 @@ import pandas as pd
 
 from .. import data as D
 from ..evaluation import evaluate, refresh_batchnorm
-from ..files import cached
+from ..files import cached, project_path, shown_path
 from ..models import batchnorm_layers
-from ..training import (REFRESH_IMAGES, Run, TrainConfig, fit, load_run, model_to_evaluate, pick_device,
-                        refresh_images, runnable_precision, splits)
+from ..device import pick_device, runnable_precision
+from ..training import (REFRESH_IMAGES, Run, TrainConfig, fit, load_run, model_to_evaluate, refresh_images,
+                        splits)
 from ..wording import fill
 from .common import save_table
 
@@ -105,7 +106,7 @@ def run_ladder(steps: list[Step], start: TrainConfig, data: D.CIFAR10, results_d
     rows, histories, runs = [], {}, {}
     for step in steps:
         config = configs[step.name]
-        folder = D.project_path(results_dir) / "ladder" / step.name
+        folder = project_path(results_dir) / "ladder" / step.name
         eval_only = step.base is not None and set(step.changes) <= EVAL_ONLY
         if eval_only:
             run = runs[step.base]
@@ -178,7 +179,7 @@ def _evaluate_step(run: Run, config: TrainConfig, data: D.CIFAR10, folder: Path,
                       precision=precision, tta_flip=config.tta_flip, tta_shift=config.tta_shift)
         run.model.cpu()
         return {**ev, "precision": precision}
-    key = {"config": config.identity(), "base": str(D.shown_path(run.path)), "official_data": data.official}
+    key = {"config": config.identity(), "base": str(shown_path(run.path)), "official_data": data.official}
     return cached(folder / file, key, measure)
 
 
@@ -194,7 +195,7 @@ def batchnorm_refresh(table: pd.DataFrame, data: D.CIFAR10, results_dir="results
     """
     rows = []
     for _, step in table[~table["eval only"].astype(bool)].iterrows():
-        folder = D.project_path(results_dir) / "ladder" / step["step"]
+        folder = project_path(results_dir) / "ladder" / step["step"]
         run = load_run(folder)
         if not batchnorm_layers(run.model):
             continue

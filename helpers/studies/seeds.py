@@ -10,7 +10,9 @@ import pandas as pd
 from .. import data as D
 from ..models import VARIANTS
 from ..results import overfits
-from ..training import Run, TrainConfig, fit, load_run, pick_device, resolve_precision
+from ..device import pick_device, resolve_precision
+from ..files import project_path, shown_path
+from ..training import Run, TrainConfig, fit, load_run
 from .common import SHORT_NAMES
 
 
@@ -40,17 +42,17 @@ def seed_study(data: D.CIFAR10, seeds, epochs: int, results_dir="results", reuse
         for seed in seeds:
             config = TrainConfig(model=variant, seed=seed, epochs=epochs, **options)
             config = dataclasses.replace(config, precision=resolve_precision(config.precision, pick_device(device)))
-            longer = D.project_path(reuse_from) / config.default_name()
+            longer = project_path(reuse_from) / config.default_name()
             hist = None
             if (longer / "metrics.json").exists():
                 hist = history_prefix(load_run(longer), config)
             if hist is not None:
-                source = f"first {epochs} epochs of {D.shown_path(longer)}"
+                source = f"first {epochs} epochs of {shown_path(longer)}"
             else:
                 name = f"seeds/{config.default_name()}_{epochs}ep"
                 run = fit(config, data, run_name=name, results_dir=results_dir, device=device,
-                          verbose=not (D.project_path(results_dir) / name / "metrics.json").exists())
-                hist, source = run.history, str(D.shown_path(run.path))
+                          verbose=not (project_path(results_dir) / name / "metrics.json").exists())
+                hist, source = run.history, str(shown_path(run.path))
             histories[variant, seed] = hist
             sources.append({"model": VARIANTS[variant], "seed": seed, "history from": source})
             print(f"{variant} seed {seed}: best test accuracy {hist['test_acc'].max():.2%}, "
