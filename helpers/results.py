@@ -17,6 +17,7 @@ from .files import cached, digest, project_path
 from .models import VARIANTS
 from .device import runnable_precision
 from .training import Run, load_run
+from .wording import fill
 
 # The original report's results (SPEC.md): one unseeded run per model on a Colab GPU.
 AUTHOR = pd.DataFrame(
@@ -91,29 +92,24 @@ def run_summary(run: Run) -> str:
     """A short paragraph about one run, every number read from its history and metrics."""
     h, s = run.history, _split(run)
     acc, loss = h[f"{s}_acc"] * 100, h[f"{s}_loss"]
-    best_ep = int(h.loc[acc.idxmax(), "epoch"])
-    low_ep = int(h.loc[loss.idxmin(), "epoch"])
     gap = (h["train_acc"].iloc[-1] - h[f"{s}_acc"].iloc[-1]) * 100
-    env = run.metrics.get("environment", {})
-    return (f"**{VARIANTS.get(run.config.model, run.config.model)}** ({run.metrics['parameters']:,} parameters, "
-            f"{len(h)} epochs, {run.config.precision}): best {s} accuracy **{acc.max():.2f}%** at epoch {best_ep}, "
-            f"final {acc.iloc[-1]:.2f}%. The {s} loss was lowest at epoch {low_ep} ({loss.min():.3f}) and ended at "
-            f"{loss.iloc[-1]:.3f}. At the end the model fits {h['train_acc'].iloc[-1] * 100:.1f}% of its training "
-            f"images, {abs(gap):.1f} points {'above' if gap >= 0 else 'below'} its {s} accuracy. "
-            + timing(h, env))
+    return fill("results:run", model=VARIANTS.get(run.config.model, run.config.model),
+                parameters=run.metrics["parameters"], epochs=len(h), precision=run.config.precision, split=s,
+                best=acc.max(), best_epoch=int(h.loc[acc.idxmax(), "epoch"]), final=acc.iloc[-1],
+                low_epoch=int(h.loc[loss.idxmin(), "epoch"]), low=loss.min(), end=loss.iloc[-1],
+                train=h["train_acc"].iloc[-1] * 100, gap=abs(gap), gap_direction="above" if gap >= 0 else "below",
+                timing=timing(h, run.metrics.get("environment", {})))
 
 
 def timing(h: pd.DataFrame, env: dict) -> str:
     """Wall time of a run in words; flags epochs slowed by other work on the machine (over 1.5x the median)."""
     median, total = h["seconds"].median(), h["seconds"].sum()
     slow = h["seconds"] > 1.5 * median
-    text = (f"Training took {total / 60:.1f} minutes of wall time on {env.get('device', '?')} with "
-            f"{_threads(env.get('threads', '?'))}, a typical (median) epoch {median:.1f} s")
-    if slow.any():
-        text += (f"; {int(slow.sum())} of {len(h)} epochs took over 1.5 times that (up to {_duration(h['seconds'].max())}), "
-                 f"slowed by other work on the machine, so {len(h) * median / 60:.1f} minutes is the time of an "
-                 "undisturbed run")
-    return text + "."
+    slowed = "" if not slow.any() else fill(
+        "results:timing_slowed", slow=int(slow.sum()), epochs=len(h), longest=_duration(h["seconds"].max()),
+        undisturbed=len(h) * median / 60)
+    return fill("results:timing", minutes=total / 60, device=env.get("device", "?"),
+                threads=_threads(env.get("threads", "?")), median=median, slowed=slowed)
 
 
 def _duration(seconds: float) -> str:
@@ -175,7 +171,6 @@ def expectation(run: Run) -> str:
     """How a report model's run compares with what its notebook expected from the author's run: whether
     the evaluation loss climbs back (the author's lowest-loss epoch in the first half says it should)
     and the best accuracy against the author's (``report/text/expectation.md``)."""
-    from .wording import fill
     h, s, name = run.history, _split(run), run.config.model
     author = AUTHOR.loc[name]
     loss, acc = h[f"{s}_loss"], h[f"{s}_acc"] * 100
@@ -203,87 +198,70 @@ def findings(runs: dict[str, Run]) -> list[dict]:
     n_ep = len(epochs)
     out = []
 
-    def add(claim, holds, evidence):
-        out.append({"claim": claim, "holds": bool(holds), "evidence": evidence})
+    def add(key, holds, evidence, **claim_fields):
+        out.append({"claim": fill(f"findings:{key}", **claim_fields), "holds": bool(holds), "evidence": evidence})
+
+    def said(key, **fields):
+        return fill(f"findings:{key}", split=s, **fields)
 
     best = {n: acc[n].max() for n in acc}
-    add("Average pooling is slightly more accurate than the fully connected head.",
-        best["avgpool"] > best["fc"],
-        f"best {s} accuracy {best['avgpool']:.1f}% against {best['fc']:.1f}% "
-        f"(final {acc['avgpool'].iloc[-1]:.1f}% against {acc['fc'].iloc[-1]:.1f}%).")
+    add("avgpool_accuracy", best["avgpool"] > best["fc"],
+        said("avgpool_accuracy_evidence", avg=best["avgpool"], fc=best["fc"], avg_final=acc["avgpool"].iloc[-1],
+             fc_final=acc["fc"].iloc[-1]))
 
     lower = (loss["avgpool"] < loss["fc"]).to_numpy()
     last = int(epochs.iloc[lower.nonzero()[0][-1]]) if lower.any() else None
     share = lower[:last].mean() if last else 0.0
-    add("Average pooling has the lower test loss until about epoch 40.",
-        last is not None and 20 <= last <= 60 and share >= 0.5,
-        (f"its {s} loss is below the FC model's in {int(lower[:last].sum())} of the first {last} epochs "
-         f"and in none after epoch {last}." if last else f"its {s} loss is never below the FC model's."))
+    add("avgpool_loss", last is not None and 20 <= last <= 60 and share >= 0.5,
+        said("avgpool_loss_evidence", below=int(lower[:last].sum()), last=last) if last else
+        said("avgpool_loss_never"))
 
     for name in ("fc", "avgpool"):
-        low_ep = int(epochs.iloc[loss[name].idxmin()])
-        add(f"{VARIANTS[name]}: the test loss falls fast, then rises for the rest of training (overfitting).",
-            overfits(loss[name], epochs),
-            f"lowest {s} loss {loss[name].min():.3f} at epoch {low_ep}, final {loss[name].iloc[-1]:.3f} "
-            f"(train accuracy at the end {h[name]['train_acc'].iloc[-1] * 100:.1f}%).")
+        add("overfits", overfits(loss[name], epochs),
+            said("overfits_evidence", low=loss[name].min(), low_epoch=int(epochs.iloc[loss[name].idxmin()]),
+                 end=loss[name].iloc[-1], train=h[name]["train_acc"].iloc[-1] * 100), model=VARIANTS[name])
 
     d = "avgpool_dropout"
-    add("The dropout model starts with a higher test loss than the other two.",
-        loss[d].iloc[0] > max(loss["fc"].iloc[0], loss["avgpool"].iloc[0]),
-        f"epoch-1 {s} loss {loss[d].iloc[0]:.3f} against {loss['fc'].iloc[0]:.3f} (FC) and "
-        f"{loss['avgpool'].iloc[0]:.3f} (average pooling).")
+    add("dropout_starts_high", loss[d].iloc[0] > max(loss["fc"].iloc[0], loss["avgpool"].iloc[0]),
+        said("dropout_starts_high_evidence", dropout=loss[d].iloc[0], fc=loss["fc"].iloc[0],
+             avg=loss["avgpool"].iloc[0]))
     low_ep = int(epochs.iloc[loss[d].idxmin()])
-    add("The dropout model's test loss keeps falling late into training.",
-        low_ep >= n_ep // 2,
-        f"its lowest {s} loss is at epoch {low_ep} of {n_ep} ({loss[d].min():.3f}; final {loss[d].iloc[-1]:.3f}).")
+    add("dropout_keeps_falling", low_ep >= n_ep // 2,
+        said("dropout_keeps_falling_evidence", low_epoch=low_ep, epochs=n_ep, low=loss[d].min(), end=loss[d].iloc[-1]))
     lowest = (loss[d] < loss["fc"]) & (loss[d] < loss["avgpool"])
     from_ep = _first_epoch_from_which(lowest, epochs)
-    add("The dropout model has the lowest test loss from about epoch 20 on.",
-        from_ep is not None and from_ep <= 30,
-        f"it is the lowest of the three from epoch {from_ep} to the end." if from_ep else
-        f"it is the lowest in {int(lowest.sum())} of {n_ep} epochs, but not to the end.")
-    add("The dropout model is the most accurate.",
-        best[d] > max(best["fc"], best["avgpool"]),
-        f"best {s} accuracy {best[d]:.1f}% against {best['avgpool']:.1f}% and {best['fc']:.1f}%.")
+    add("dropout_lowest", from_ep is not None and from_ep <= 30,
+        said("dropout_lowest_evidence", from_epoch=from_ep) if from_ep else
+        said("dropout_lowest_not_to_end", lowest=int(lowest.sum()), epochs=n_ep))
+    add("dropout_most_accurate", best[d] > max(best["fc"], best["avgpool"]),
+        said("dropout_most_accurate_evidence", dropout=best[d], avg=best["avgpool"], fc=best["fc"]))
     return out
 
 
 def findings_markdown(items: list[dict]) -> str:
     if not items:
-        return "_The findings need finished runs of all three variants._"
-    lines = [f"- {'✅ holds' if f['holds'] else '❌ does not hold'}: **{f['claim']}** {f['evidence'][0].upper()}"
-             f"{f['evidence'][1:]}" for f in items]
-    held = sum(f["holds"] for f in items)
-    return "\n".join(lines) + f"\n\n{held} of the author's {len(items)} findings hold in this run."
+        return fill("findings:missing")
+    lines = [fill("findings:line", verdict=fill("findings:holds" if f["holds"] else "findings:fails"), claim=f["claim"],
+                  evidence=f["evidence"][0].upper() + f["evidence"][1:]) for f in items]
+    return "\n".join(lines) + "\n\n" + fill("findings:summary", held=sum(f["holds"] for f in items), n=len(items))
 
 
 def conclusion(runs: dict[str, Run]) -> str:
     """The closing paragraph: the ranking, the overfitting and what they say about the author's conclusion."""
     if set(runs) != set(VARIANTS):
-        return "_The conclusion needs finished runs of all three variants._"
+        return fill("results:conclusion_missing")
     s = _split(runs["fc"])
     best = {n: r.history[f"{s}_acc"].max() * 100 for n, r in runs.items()}
     order = sorted(best, key=best.get)
-    ranking = " < ".join(f"{VARIANTS[n]} ({best[n]:.1f}%)" for n in order)
-    same_order = order == list(VARIANTS)
     rises = {n: runs[n].history[f"{s}_loss"].iloc[-1] / runs[n].history[f"{s}_loss"].min() for n in runs}
-    held = sum(f["holds"] for f in findings(runs))
-    epochs = len(runs["fc"].history)
-    text = (f"Ranked by best {s} accuracy over {epochs} epochs: {ranking}. "
-            + ("This is the author's order. " if same_order else "This is not the author's order. ")
-            + "At the end of training the test loss is "
-            + ", ".join(f"{rises[n]:.2f}x its minimum for {VARIANTS[n]}" for n in runs) + ". "
-            + f"{held} of the author's {len(findings(runs))} findings hold in this run. ")
-    if rises["avgpool_dropout"] < min(rises["fc"], rises["avgpool"]):
-        text += ("The central conclusion stands: without regularisation both models overfit, and dropout "
-                 "keeps the test loss from climbing. Dropout does not remove parameters, though; it makes "
-                 "each one less able to rely on the others, so the author's reading (dropout \"reduces the "
-                 "number of parameters\") is better put as \"dropout regularises\". Whether fewer "
-                 "parameters are the way past 90%, as the author suspected, is the subject of the "
-                 "follow-up notebooks.")
-    else:
-        text += "In this run dropout did not keep the test loss lower than the other two models did."
-    return text
+    found = findings(runs)
+    return fill("results:conclusion", split=s, epochs=len(runs["fc"].history),
+                ranking=" < ".join(f"{VARIANTS[n]} ({best[n]:.1f}%)" for n in order),
+                order=fill("results:same_order" if order == list(VARIANTS) else "results:other_order"),
+                rises=", ".join(fill("results:rise", ratio=rises[n], model=VARIANTS[n]) for n in runs),
+                held=sum(f["holds"] for f in found), n=len(found),
+                dropout=fill("results:dropout_helps" if rises["avgpool_dropout"] < min(rises["fc"], rises["avgpool"])
+                             else "results:dropout_did_not_help"))
 
 
 JPEG_COST = 2.0   # points; the offline copy's README: a JPEG re-encoding costs about two points against the official data
@@ -293,53 +271,45 @@ def differences(runs: dict[str, Run], results_dir="results") -> str:
     """Our runs against the author's, model by model, and the known causes of a difference with their
     size where this project measured it (the head and seed studies of notebooks 07 and 08, when they exist)."""
     if not runs:
-        return "_No finished runs._"
+        return fill("results:no_runs")
     s = _split(next(iter(runs.values())))
     lines = []
     for name, run in runs.items():
         h, a = run.history, AUTHOR.loc[name]
         acc = h[f"{s}_acc"] * 100
-        lines.append(f"- **{VARIANTS[name]}**: best {acc.max():.1f}% (author {a['best']:.1f}%, {acc.max() - a['best']:+.1f} "
-                     f"points) at epoch {int(h.loc[acc.idxmax(), 'epoch'])} (author {int(a['best epoch'])}); final "
-                     f"{acc.iloc[-1]:.1f}% (author {a['final']:.1f}%, {acc.iloc[-1] - a['final']:+.1f}).")
+        lines.append(fill("results:difference", model=VARIANTS[name], best=acc.max(), author_best=a["best"],
+                          best_gap=acc.max() - a["best"], best_epoch=int(h.loc[acc.idxmax(), "epoch"]),
+                          author_best_epoch=int(a["best epoch"]), final=acc.iloc[-1], author_final=a["final"],
+                          final_gap=acc.iloc[-1] - a["final"]))
     official = all(r.metrics.get("official_data") for r in runs.values())
     causes = []
     if not official:
-        causes.append(f"**Data.** These runs used a JPEG re-encoding of CIFAR-10, which its maker expects to cost "
-                      f"about {JPEG_COST:g} points against the official archive the author used (not measurable "
-                      "here: the official archive cannot be downloaded on the project's machines).")
+        causes.append(fill("results:cause_data", jpeg_cost=JPEG_COST))
     studies = project_path(results_dir) / "studies"
     spread = None
     if (studies / "seeds.csv").exists():
         seeds = pd.read_csv(studies / "seeds.csv")
         spread = float((seeds["best max"] - seeds["best min"]).max())
-        causes.append(f"**Seed.** Across {int(seeds['seeds'].min())} seeds one model's best accuracy moves by up to "
-                      f"{spread:.1f} points (notebook 08); the author's runs were one unseeded run each.")
+        causes.append(fill("results:cause_seed", seeds=int(seeds["seeds"].min()), spread=spread))
     else:
-        causes.append("**Seed.** The author's runs were unseeded, ours seeded; the seed-to-seed spread is measured "
-                      "in notebook 08.")
+        causes.append(fill("results:cause_seed_unmeasured"))
     if (studies / "heads.csv").exists():
         heads = pd.read_csv(studies / "heads.csv").set_index(["model", "head"])["best acc"]
-        deltas = [f"{heads[m, 'author'] - heads[m, '10-way']:+.1f} points for {m}"
+        deltas = [fill("results:head_delta", delta=heads[m, "author"] - heads[m, "10-way"], model=m)
                   for m in heads.index.get_level_values(0).unique() if (m, "author") in heads and (m, "10-way") in heads]
-        causes.append("**Head.** The author's 256-logit head instead of our 10-way head changes the best accuracy "
-                      f"by {', '.join(deltas)} (notebook 07).")
+        causes.append(fill("results:cause_head", deltas=", ".join(deltas)))
     precisions = sorted({r.config.precision for r in runs.values()})
-    causes.append(f"**Precision.** These runs were computed in {' and '.join(precisions)}"
-                  + (" (bf16 autocast for the forward pass); the fp32 against bf16 parity runs in "
-                     "`benchmarks/README.md` differ by about as much as two seeds do." if "bf16" in precisions else
-                     ", as the author's were."))
-    text = "\n".join(lines) + "\n\nKnown causes of a difference:\n\n" + "\n".join(f"- {c}" for c in causes)
+    causes.append(fill("results:cause_precision_bf16" if "bf16" in precisions else "results:cause_precision_fp32",
+                       precisions=" and ".join(precisions)))
+    text = "\n".join(lines) + "\n\n" + fill("results:causes") + "\n\n" + "\n".join(f"- {c}" for c in causes)
     if spread is not None:
         band = spread + (0 if official else JPEG_COST)
         heads = {name.removesuffix("_author_head"): run for name, run in author_head_runs(results_dir).items()}
         compared = {**runs, **{n: r for n, r in heads.items() if n in runs}}     # like with like where 07 ran
         beyond = [VARIANTS[n] for n, r in compared.items()
                   if abs(r.history[f"{s}_acc"].max() * 100 - AUTHOR.loc[n, "best"]) > band]
-        which = ("the author's output where notebook 07 trained it, else ours"
-                 if any(n in runs for n in heads) else "our 10-way output")
-        text += (f"\n\nThe data copy and the seed together account for differences of up to about {band:.1f} "
-                 f"points. Compared with {which}: "
-                 + ("every model's best accuracy is within that of the author's." if not beyond else
-                    f"beyond that are {', '.join(beyond)}; there the causes above do not explain the whole gap."))
+        text += "\n\n" + fill(
+            "results:band", band=band,
+            compared=fill("results:band_compared_author" if any(n in runs for n in heads) else "results:band_compared_ours"),
+            verdict=fill("results:band_beyond", beyond=", ".join(beyond)) if beyond else fill("results:band_within"))
     return text

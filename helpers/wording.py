@@ -1,14 +1,37 @@
 """The report's wording, kept out of the code: Markdown templates in ``report/text/`` with named
 fields (Python's format syntax, e.g. ``{ece:.1f}``), filled with numbers and verdicts computed in
 Python. A writer edits a template without reading code; the code only supplies the values.
+
+``fill("calibration", ...)`` reads ``report/text/calibration.md``. Short related pieces share a file,
+each after a marker line ``<!-- piece -->``: ``fill("findings:overfits", ...)`` reads the piece
+``overfits`` of ``report/text/findings.md``.
+
+Templates are wrapped for the writer; ``fill`` joins the lines of each paragraph and list item, so the
+filled text has one line per paragraph whatever the wrapping (Markdown renders both the same).
 """
 from __future__ import annotations
 
+import re
 import string
 
 from .files import REPO_ROOT, shown_path
 
 TEXT = REPO_ROOT / "report" / "text"
+_MARKER = re.compile(r"^<!-- ([\w-]+) -->[ \t]*$", re.M)
+_BLOCK_START = re.compile(r"\s*([-*+] |\d+\. |\||#|>)")      # a line that starts its own Markdown block
+
+
+def unwrap(text: str) -> str:
+    """``text`` with each paragraph and list item on one line: a line joins the one before unless either
+    is blank, it starts a list item, table row, heading or quote, or the one before is a table row or heading."""
+    out: list[str] = []
+    for line in text.split("\n"):
+        before = out[-1].lstrip() if out else ""
+        if before and line.strip() and not _BLOCK_START.match(line) and not before.startswith(("|", "#")):
+            out[-1] = out[-1].rstrip() + " " + line.strip()
+        else:
+            out.append(line)
+    return "\n".join(out)
 
 
 def fields_of(name: str) -> set[str]:
@@ -16,18 +39,38 @@ def fields_of(name: str) -> set[str]:
     return {f for _, f, _, _ in string.Formatter().parse(_template(name)) if f}
 
 
-def _template(name: str) -> str:
-    path = TEXT / f"{name}.md"
+def _path(name: str):
+    return TEXT / f"{name.split(':')[0]}.md"
+
+
+def pieces(file: str) -> dict[str, str]:
+    """The pieces of ``report/text/<file>.md`` by name (text between one marker line and the next)."""
+    text = _read(_path(file))
+    parts = _MARKER.split(text)
+    return {parts[i]: parts[i + 1].strip("\n") for i in range(1, len(parts) - 1, 2)}
+
+
+def _read(path) -> str:
     if not path.exists():
         raise FileNotFoundError(f"no template {shown_path(path)}; the templates are in {shown_path(TEXT)}")
     return path.read_text()
 
 
+def _template(name: str) -> str:
+    if ":" not in name:
+        return _read(_path(name))
+    file, piece = name.split(":", 1)
+    found = pieces(file)
+    if piece not in found:
+        raise KeyError(f"{shown_path(_path(name))} has no piece '<!-- {piece} -->'; it has {', '.join(found) or 'none'}")
+    return found[piece]
+
+
 def fill(name: str, /, **values) -> str:
-    """Template ``report/text/<name>.md`` with its fields filled in; a field without a value is an error
-    that names the template and the field. (``name`` is positional-only, so a field may be called name.)"""
+    """Template ``name`` with its fields filled in; a field without a value is an error that names the
+    template and the field. (``name`` is positional-only, so a field may be called name.)"""
     missing = sorted(fields_of(name) - set(values))
     if missing:
-        raise KeyError(f"{shown_path(TEXT / (name + '.md'))} uses {', '.join(missing)}, which the code does not "
-                       f"supply; supplied: {', '.join(sorted(values))}")
-    return _template(name).format(**values).strip()
+        raise KeyError(f"{shown_path(_path(name))}{'' if ':' not in name else ' (' + name.split(':')[1] + ')'} uses "
+                       f"{', '.join(missing)}, which the code does not supply; supplied: {', '.join(sorted(values))}")
+    return unwrap(_template(name).format(**values).strip())

@@ -19,6 +19,11 @@ import helpers as H
 REPO = Path(__file__).resolve().parent.parent
 
 
+def say(piece: str, **fields) -> str:
+    """A piece of the README's wording, from ``report/text/readme.md``."""
+    return H.wording.fill(f"readme:{piece}", **fields)
+
+
 # The runs each follow-up notebook trains, as patterns under the results folder.
 STUDY_RUNS = {"07_authors_head": ["*_author_head"], "08_seeds": ["seeds/*"], "09_beyond_90": ["ladder/*", "final"]}
 
@@ -54,9 +59,8 @@ def notebook_times(results: Path) -> str:
         rows.append(f"| `{nb_path.stem}` | {meta['duration'] / 60:.1f} min | {training} | "
                     f"{meta.get('end_time', '')[:10]} |")
     if not rows:
-        return "_No executed notebooks yet._"
-    return "\n".join(["| notebook | last execution | its training runs, undisturbed | executed |",
-                      "|---|---|---|---|", *rows])
+        return say("times_missing")
+    return "\n".join([say("times_header"), *rows])
 
 
 def follow_up(results: Path) -> str:
@@ -64,7 +68,7 @@ def follow_up(results: Path) -> str:
     studies = REPO / results / "studies"
     parts = []
     if (studies / "final.json").exists() or (studies / "ladder.csv").exists():
-        parts += ["### Past 90%", ""]
+        parts += [say("past_90"), ""]
     if (studies / "final.json").exists():
         info = json.loads((studies / "final.json").read_text())
         parts += [H.studies.final_summary(info, budget_minutes=20), ""]
@@ -73,28 +77,23 @@ def follow_up(results: Path) -> str:
         refresh = (pd.read_csv(studies / "batchnorm_refresh.csv")
                    if (studies / "batchnorm_refresh.csv").exists() else None)
         first = json.loads((REPO / results / "ladder" / ladder["step"].iloc[0] / "config.json").read_text())
-        parts += [f"Ablation ladder (validation accuracy after the last epoch, {first['validation']:,} held-out "
-                  "training images; indented rows are side branches from the last ladder step):", "",
+        parts += [say("ladder_intro", validation=first["validation"]), "",
                   H.results.markdown_table(ladder.assign(
                       change=["&nbsp;&nbsp;&nbsp;&nbsp;" * b + c for b, c in zip(ladder["branch"], ladder["change"])],
                       parameters=ladder["parameters"].map("{:,}".format),
                       noise=ladder["within noise"].map({True: "yes", False: ""}))[
                       ["change", "val acc", "gain", "noise", "val acc as trained", "parameters", "minutes", "epochs"]].rename(
                       columns={"noise": "within noise"})), "",
-                  "Where BatchNorm follows dropout (model 3's steps), a step is judged with its BatchNorm statistics "
-                  "measured again without dropout; `val acc as trained` is what the first version reported.", "",
+                  say("ladder_refreshed"), "",
                   H.studies.hypothesis_verdict(ladder), "",
-                  "" if refresh is None else "**Why BatchNorm seemed to hurt model 3.** "
-                  + H.studies.batchnorm_refresh_findings(refresh),
+                  "" if refresh is None else say("refresh", findings=H.studies.batchnorm_refresh_findings(refresh)),
                   "", "![Ablation ladder](figures/ladder.png)", ""]
         seeds = H.studies.final_seed_table(H.studies.finished_final_seeds(results))
         if len(seeds):
-            parts += ["**What changed when we checked** (notebook 09):", "", H.studies.what_changed(ladder, seeds), ""]
+            parts += [say("what_changed"), "", H.studies.what_changed(ladder, seeds), ""]
     if (studies / "seeds.csv").exists():
         seeds = pd.read_csv(studies / "seeds.csv")
-        parts += ["### One run is not a result", "",
-                  f"Seed study (test accuracy in percent over {int(seeds['seeds'].min())} seeds, the report's "
-                  f"protocol on a shorter schedule of {int(seeds['epochs'].max())} epochs, see notebook 08):", "",
+        parts += [say("seeds", seeds=int(seeds["seeds"].min()), epochs=int(seeds["epochs"].max())), "",
                   H.results.markdown_table(seeds[["model", "best mean", "best sd", "best min", "best max",
                                                   "final mean", "lowest loss epochs"]], "{:.2f}"), "",
                   H.studies.seed_spread(seeds.set_index("model")), ""]
@@ -104,12 +103,10 @@ def follow_up(results: Path) -> str:
         parts += ["![Seeds](figures/seeds.png)", ""]
     if (studies / "heads.csv").exists():
         heads = pd.read_csv(studies / "heads.csv")
-        parts += ["### The author's 256-logit head", "",
-                  f"Models 2 and 3 trained once more with the author's output ({int(heads['epochs'].max())} epochs, "
-                  "same seed, notebook 07) against the 10-way head:", "", H.studies.head_findings(heads), "",
+        parts += [say("heads", epochs=int(heads["epochs"].max())), "", H.studies.head_findings(heads), "",
                   "![The author's head](figures/author_head.png)", ""]
     parts += [learned(results)]
-    return "\n".join(parts).strip() or "_The follow-up studies have not been run yet (notebooks 07 to 10)._"
+    return "\n".join(parts).strip() or say("follow_up_missing")
 
 
 def learned_fields(results: Path) -> dict:
@@ -141,15 +138,14 @@ def learned(results: Path) -> str:
 def results_section(runs: dict, results: Path) -> str:
     """The reproduction: ours beside the author's (like with like), when the runs peaked, the findings."""
     if len(runs) != len(H.VARIANTS):
-        return (f"_Full-protocol runs finished so far: {', '.join(runs) or 'none'} "
-                f"(of {', '.join(H.VARIANTS)}). This section is regenerated by `make report`._")
+        return say("runs_missing", finished=", ".join(runs) or "none", all=", ".join(H.VARIANTS))
     first = runs["fc"]
     author_head = H.results.author_head_runs(results)
     intro = H.wording.fill("readme_results", precision=first.config.precision,
                            device=first.metrics["environment"]["device"], epochs=len(first.history),
                            data="the official archive" if first.metrics["official_data"] else "the offline JPEG copy")
     return "\n".join([intro, "", H.results.markdown_table(H.results.accuracy_table(runs, author_head)), "",
-                      "When the runs peaked, against the author's:", "",
+                      say("peaks"), "",
                       H.results.markdown_table(H.results.epoch_table(runs)), "",
                       H.results.findings_markdown(H.results.findings(runs)), "",
                       "![Test loss](figures/test_loss.png)"])
@@ -190,7 +186,7 @@ def main(argv=None):
     results = Path(args.results)
     runs = H.results.load_runs(results)
     parts = [results_section(runs, results), "",
-             "Time of each notebook on this machine (a notebook whose run is already finished loads it):", "",
+             say("times_intro"), "",
              notebook_times(results)]
     H.results.write_section(REPO / "README.md", "headline", headline(runs, results))
     H.results.write_section(REPO / "README.md", "results", "\n".join(parts))

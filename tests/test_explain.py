@@ -135,9 +135,28 @@ def test_a_template_names_a_missing_field(tmp_path, monkeypatch):
         wording.fill("absent")
 
 
+def test_pieces_of_one_template_file_are_filled_by_name(tmp_path, monkeypatch):
+    monkeypatch.setattr(wording, "TEXT", tmp_path)
+    (tmp_path / "f.md").write_text("<!-- claim -->\nModel {m} wins.\n\n<!-- evidence -->\n{a:.1f} against {b:.1f}.\n")
+    assert wording.pieces("f") == {"claim": "Model {m} wins.", "evidence": "{a:.1f} against {b:.1f}."}
+    assert wording.fill("f:evidence", a=1, b=2) == "1.0 against 2.0."
+    with pytest.raises(KeyError, match=r"f.md \(claim\) uses m"):
+        wording.fill("f:claim")
+    with pytest.raises(KeyError, match="no piece '<!-- verdict -->'; it has claim, evidence"):
+        wording.fill("f:verdict")
+
+
+def test_filled_text_has_one_line_per_paragraph_and_list_item():
+    text = "A wrapped\nparagraph.\n\n- an item\n  that goes on\n- another\n\n| a | b |\n|---|---|\n### Head\nnext"
+    assert wording.unwrap(text) == ("A wrapped paragraph.\n\n- an item that goes on\n- another\n\n| a | b |\n"
+                                    "|---|---|\n### Head\nnext")
+
+
 def test_every_template_in_the_report_parses():
-    for path in wording.TEXT.glob("*.md"):
-        assert isinstance(wording.fields_of(path.stem), set)
+    for path in wording.TEXT.rglob("*.md"):
+        name = str(path.relative_to(wording.TEXT).with_suffix(""))
+        names = [f"{name}:{piece}" for piece in wording.pieces(name)] or [name]
+        assert all(isinstance(wording.fields_of(n), set) for n in names)
 
 
 def test_cam_fields_words_what_the_numbers_say():

@@ -14,6 +14,7 @@ from ..evaluation import evaluate
 from ..files import cached, digest, project_path, read_json, save_json
 from ..device import runnable_precision
 from ..training import Run, TrainConfig, fit, load_run
+from ..wording import fill
 from .common import _studies_folder
 
 
@@ -32,10 +33,8 @@ def choose_final(table: pd.DataFrame, configs: dict[str, TrainConfig], epochs: i
     pick = fits.loc[fits["val acc"].idxmax()]
     config = dataclasses.replace(configs[pick["step"]], validation=0, epochs=epochs, eval_each_epoch=False,
                                  **overrides)
-    reason = (f"Step **{pick['step']}** ({pick['change']}) has the highest validation accuracy, "
-              f"{pick['val acc']:.2f}%, among the steps whose training is projected to fit {budget_minutes:g} "
-              f"minutes at {epochs} epochs on {train_images:,} images (projected {pick['projected minutes']:.1f} "
-              f"min from its median training throughput, {pick['images/s']:.0f} images/s).")
+    reason = fill("final:reason", step=pick["step"], change=pick["change"], acc=pick["val acc"], budget=budget_minutes,
+                  epochs=epochs, images=train_images, projected=pick["projected minutes"], speed=pick["images/s"])
     return pick["step"], config, reason
 
 
@@ -53,15 +52,11 @@ def final_summary(info: dict, budget_minutes: float, goal: float = 90.0) -> str:
     """The answer in one paragraph: the final model's test accuracy and time against the goal."""
     acc, minutes = 100 * info["test_acc"], info["minutes"]
     met = acc >= goal and minutes <= budget_minutes
-    data = ("the official CIFAR-10 test set" if info["official_data"] else
-            "a copy of CIFAR-10 that is not the official archive (on the project's machines the offline JPEG "
-            "re-encoding at quality 75)")
-    return (f"The final model (step **{info['step']}**, {info['parameters']:,} parameters, {info['epochs']} epochs) "
-            f"reaches **{acc:.2f}%** test accuracy on {data} after {minutes:.1f} minutes of training (the last epoch's "
-            f"time includes the one evaluation on the test set). "
-            + (f"That meets the goal of {goal:g}% within {budget_minutes:g} minutes." if met else
-               f"That does not meet the goal of {goal:g}% within {budget_minutes:g} minutes "
-               f"({'accuracy' if acc < goal else 'time'} falls short)."))
+    verdict = (fill("final:met", goal=goal, budget=budget_minutes) if met else
+               fill("final:missed", goal=goal, budget=budget_minutes, short="accuracy" if acc < goal else "time"))
+    return fill("final:summary", step=info["step"], parameters=info["parameters"], epochs=info["epochs"], acc=acc,
+                data=fill("final:official" if info["official_data"] else "final:offline"), minutes=minutes,
+                verdict=verdict)
 
 
 def final_run_name(seed: int) -> str:

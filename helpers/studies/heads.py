@@ -10,6 +10,7 @@ from ..files import cached, digest
 from ..models import VARIANTS
 from ..device import runnable_precision
 from ..training import Run
+from ..wording import fill
 from .common import _share
 
 
@@ -57,18 +58,16 @@ def head_findings(table: pd.DataFrame) -> str:
         if set(rows["head"]) != {"10-way", "author"}:
             continue
         ten, auth = rows.set_index("head").loc["10-way"], rows.set_index("head").loc["author"]
-        d_best, d_final = auth["best acc"] - ten["best acc"], auth["final acc"] - ten["final acc"]
-        text = (f"**{model}**: the author's 256-logit head reaches a best test accuracy of {auth['best acc']:.1f}% "
-                f"against {ten['best acc']:.1f}% with the 10-way head ({d_best:+.1f} points; final "
-                f"{auth['final acc']:.1f}% against {ten['final acc']:.1f}%, {d_final:+.1f}). Its test loss is lowest at "
-                f"epoch {auth['lowest loss epoch']} (10-way: {ten['lowest loss epoch']}), and at the end it fits its "
-                f"training images {auth['train - test acc at end']:.1f} points better than the test images "
-                f"(10-way: {ten['train - test acc at end']:.1f}).")
+        text = fill("heads:model", model=model, best=auth["best acc"], ten_best=ten["best acc"],
+                    d_best=auth["best acc"] - ten["best acc"], final=auth["final acc"], ten_final=ten["final acc"],
+                    d_final=auth["final acc"] - ten["final acc"], low_epoch=auth["lowest loss epoch"],
+                    ten_low_epoch=ten["lowest loss epoch"], gap=auth["train - test acc at end"],
+                    ten_gap=ten["train - test acc at end"])
         if pd.notna(auth.get("mass on unused outputs %")):
-            text += (f" It puts {_share(auth['mass on unused outputs %'])} of its softmax mass on the 246 outputs that "
-                     f"are no class, and {_share(auth['predictions outside 0-9 %'])} of its predictions land there.")
+            text += " " + fill("heads:unused_mass", mass=_share(auth["mass on unused outputs %"]),
+                               outside=_share(auth["predictions outside 0-9 %"]))
         if pd.notna(auth.get("largest class output")):
-            text += (f" Its largest class output averages {auth['largest class output']:.1f} over the test images, "
-                     f"the largest of the unused ones {auth['largest unused output']:.2g}.")
+            text += " " + fill("heads:outputs", largest=auth["largest class output"],
+                               unused=auth["largest unused output"])
         out.append(text)
-    return "\n\n".join(out) or "_The comparison needs both heads of at least one model._"
+    return "\n\n".join(out) or fill("heads:missing")

@@ -224,50 +224,43 @@ def batchnorm_refresh(table: pd.DataFrame, data: D.CIFAR10, results_dir="results
 
 def batchnorm_refresh_findings(refresh: pd.DataFrame) -> str:
     """The refresh check in words: mean gain with and without dropout."""
-    parts = []
-    for has_dropout, group in refresh.groupby("dropout"):
-        parts.append(f"the {len(group)} BatchNorm model{'s' if len(group) > 1 else ''} "
-                     f"{'with' if has_dropout else 'without'} dropout gain {group['gain'].mean():+.1f} points on "
-                     f"average (from {group['gain'].min():+.1f} to {group['gain'].max():+.1f})")
-    if not parts:
-        return "_No trained ladder step has BatchNorm layers._"
-    return ("Re-measuring the BatchNorm statistics with dropout off (no retraining): " + "; ".join(parts) + ".")
+    groups = [fill("ladder:refresh_group", n=len(g), plural="s" if len(g) > 1 else "",
+                   with_or_without="with" if has_dropout else "without", mean=g["gain"].mean(),
+                   low=g["gain"].min(), high=g["gain"].max())
+              for has_dropout, g in refresh.groupby("dropout")]
+    return fill("ladder:refresh", groups="; ".join(groups)) if groups else fill("ladder:refresh_none")
+
+
+def _notes(row: pd.Series) -> str:
+    """A ladder line's notes: within noise, and the gain as trained where the statistics were refreshed."""
+    return ((" " + fill("ladder:within_noise_note") if row.get("within noise", False) else "")
+            + (" " + fill("ladder:as_trained_note", gain=row["gain as trained"]) if row.get("bn refreshed", False) else ""))
 
 
 def ladder_findings(table: pd.DataFrame) -> str:
     """The ladder in words: what each change gained and the side branches (the verdict on the author's
-    hypothesis, which needs the BatchNorm check too, is ``hypothesis_verdict``)."""
+    hypothesis is ``hypothesis_verdict``)."""
     main = _main_steps(table)
-    lines = [f"- {_step_name(r['change'])}: {r['gain']:+.1f} points (to {r['val acc']:.1f}%)"
-             + (" (within noise)" if r.get("within noise", False) else "")
-             + (f" (as trained: {r['gain as trained']:+.1f})" if r.get("bn refreshed", False) else "")
-             for _, r in main.iterrows()]
-    text = "\n".join(lines)
+    text = "\n".join(fill("ladder:step", change=_step_name(r["change"]), gain=r["gain"], acc=r["val acc"],
+                          notes=_notes(r)) for _, r in main.iterrows())
     if len(main):
         top = main.loc[main["gain"].idxmax()]
-        text += (f"\n\nThe largest single gain on the ladder comes from **{top['change'].lstrip('+ ')}** "
-                 f"({top['gain']:+.1f} points).")
+        text += "\n\n" + fill("ladder:largest", change=_step_name(top["change"]), gain=top["gain"])
     rows = table.set_index("step")
     branch_lines = []
     for _, r in table[table["branch"]].iterrows():
         base = rows.loc[r["builds on"]]
-        params = _parameter_change(r, base)
-        minutes = 100 * (r["minutes"] / base["minutes"] - 1) if base["minutes"] else math.nan
-        branch_lines.append(f"- {r['change']} ({params:+.0f}% parameters, {minutes:+.0f}% training time): "
-                            f"{r['gain']:+.1f} points (to {r['val acc']:.1f}%)"
-                            + (" (within noise)" if r.get("within noise", False) else "")
-                            + (f" (as trained: {r['gain as trained']:+.1f})" if r.get("bn refreshed", False) else ""))
+        branch_lines.append(fill("ladder:branch", change=r["change"], parameters=_parameter_change(r, base),
+                                 minutes=100 * (r["minutes"] / base["minutes"] - 1) if base["minutes"] else math.nan,
+                                 gain=r["gain"], acc=r["val acc"], notes=_notes(r)))
     if branch_lines:
-        text += "\n\nSide branches from the last ladder step:\n" + "\n".join(branch_lines)
+        text += "\n\n" + fill("ladder:branches") + "\n" + "\n".join(branch_lines)
     if "within noise" in table and table["within noise"].any():
-        text += ("\n\n*Within noise*: a gain smaller than two standard errors of the difference of two accuracies "
-                 f"on {int(table['val images'].iloc[0]):,} validation images (a standard error is "
-                 f"{table['val se'].min():.2f} to {table['val se'].max():.2f} points here). With one seed per step, "
-                 f"{int(table['within noise'].sum())} of the {int(table['gain'].notna().sum())} changes cannot be "
-                 "told from no change"
-                 + (" (the evaluation-only steps re-measure the same weights, so for them the rule is "
-                    "especially cautious)" if (table["within noise"] & table["eval only"].astype(bool)).any() else "")
-                 + ".")
+        cautious = (table["within noise"] & table["eval only"].astype(bool)).any()
+        text += "\n\n" + fill("ladder:noise", images=int(table["val images"].iloc[0]), se_low=table["val se"].min(),
+                               se_high=table["val se"].max(), noisy=int(table["within noise"].sum()),
+                               changes=int(table["gain"].notna().sum()),
+                               eval_only=" " + fill("ladder:noise_eval_only") if cautious else "")
     return text
 
 

@@ -13,6 +13,7 @@ from ..results import overfits
 from ..device import pick_device, resolve_precision
 from ..files import project_path, shown_path
 from ..training import Run, TrainConfig, fit, load_run
+from ..wording import fill
 from .common import SHORT_NAMES
 
 
@@ -89,16 +90,16 @@ def seed_checks(histories: dict) -> list[dict]:
     best = {s: {v: h["test_acc"].max() * 100 for v, h in hs.items()} for s, hs in per_seed.items()}
     final_loss = {s: {v: h["test_loss"].iloc[-1] for v, h in hs.items()} for s, hs in per_seed.items()}
     checks = [
-        ("Best accuracy ranks FC < average pooling < average pooling + dropout",
+        (fill("seeds:ranking"),
          {s: b["fc"] < b["avgpool"] < b["avgpool_dropout"] for s, b in best.items()},
          {s: " < ".join(f"{b[v]:.1f}" for v in VARIANTS) for s, b in best.items()}),
-        ("The FC model overfits (test loss lowest in the first half, then ends more than 10% above it)",
+        (fill("seeds:fc_overfits"),
          {s: overfits(hs["fc"]["test_loss"], hs["fc"]["epoch"]) for s, hs in per_seed.items()},
          {s: _loss_story(hs["fc"]) for s, hs in per_seed.items()}),
-        ("The average-pooling model overfits the same way",
+        (fill("seeds:avgpool_overfits"),
          {s: overfits(hs["avgpool"]["test_loss"], hs["avgpool"]["epoch"]) for s, hs in per_seed.items()},
          {s: _loss_story(hs["avgpool"]) for s, hs in per_seed.items()}),
-        ("Dropout ends with the lowest test loss of the three",
+        (fill("seeds:dropout_lowest_loss"),
          {s: min(fl, key=fl.get) == "avgpool_dropout" for s, fl in final_loss.items()},
          {s: ", ".join(f"{SHORT_NAMES[v]} {fl[v]:.2f}" for v in VARIANTS) for s, fl in final_loss.items()}),
     ]
@@ -108,15 +109,15 @@ def seed_checks(histories: dict) -> list[dict]:
 
 def _loss_story(h: pd.DataFrame) -> str:
     loss = h["test_loss"]
-    return f"lowest {loss.min():.2f} at epoch {int(h.loc[loss.idxmin(), 'epoch'])}, final {loss.iloc[-1]:.2f}"
+    return fill("seeds:loss_story", low=loss.min(), low_epoch=int(h.loc[loss.idxmin(), "epoch"]), end=loss.iloc[-1])
 
 
 def seed_checks_markdown(checks: list[dict]) -> str:
     if not checks:
-        return "_The checks need every variant trained with every seed._"
-    lines = [f"- **{c['claim']}**: holds in {c['held']} of {c['seeds']} seeds ({c['evidence']})." for c in checks]
+        return fill("seeds:checks_missing")
+    lines = [fill("seeds:check", **c) for c in checks]
     solid = [c for c in checks if c["held"] == c["seeds"]]
-    return "\n".join(lines) + f"\n\n{len(solid)} of these {len(checks)} conclusions hold in every seed."
+    return "\n".join(lines) + "\n\n" + fill("seeds:checks_summary", solid=len(solid), n=len(checks))
 
 
 def seed_spread(table: pd.DataFrame) -> str:
@@ -125,8 +126,7 @@ def seed_spread(table: pd.DataFrame) -> str:
         return ""
     spread = table["best max"] - table["best min"]
     order = table["best mean"].sort_values()
-    gaps = ", ".join(f"{order.index[i + 1]} over {order.index[i]} {order.iloc[i + 1] - order.iloc[i]:+.1f}"
-                     for i in range(len(order) - 1))
-    return (f"Over {int(table['seeds'].min())} seeds the best test accuracy of one model ranges over at most "
-            f"{spread.max():.1f} points ({spread.idxmax()}) and its standard deviation is at most "
-            f"{table['best sd'].max():.2f} points. The mean gaps between the models are: {gaps} points.")
+    gaps = ", ".join(fill("seeds:gap", upper=order.index[i + 1], lower=order.index[i],
+                          gap=order.iloc[i + 1] - order.iloc[i]) for i in range(len(order) - 1))
+    return fill("seeds:spread", seeds=int(table["seeds"].min()), spread=spread.max(), widest=spread.idxmax(),
+                sd=table["best sd"].max(), gaps=gaps)
