@@ -23,6 +23,7 @@ $(STAMP): requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .
 	$(PY) -m ipykernel install --sys-prefix --name python3 >/dev/null
+	-$(VENV)/bin/nbdime config-git --enable >/dev/null 2>&1
 	touch $(STAMP)
 
 test: $(STAMP)
