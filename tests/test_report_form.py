@@ -54,3 +54,16 @@ def test_the_training_notebooks_are_renderings_of_one_source():
         assert f'model = "{defaults["model"]}"' in rendered[2].source
     ids = [c["id"] for nb in NOTEBOOKS for c in json.loads(nb.read_text())["cells"]]
     assert len(ids) == len(set(ids)), "cell ids repeat across notebooks"
+
+
+def test_notebook_diffs_go_through_nbdime_cell_by_cell():
+    nbdime = pytest.importorskip("nbdime")
+    import nbformat
+    attributes = (REPO / ".gitattributes").read_text()
+    assert "*.ipynb diff=jupyternotebook" in attributes
+    nb = nbformat.read(NOTEBOOKS[0], as_version=4)
+    assert nbdime.diff_notebooks(nb, nb) == []
+    changed = nbformat.read(NOTEBOOKS[0], as_version=4)
+    changed.cells[0].source += "\nOne more line."
+    diff = nbdime.diff_notebooks(nb, changed)
+    assert [d["key"] for d in diff] == ["cells"]          # the change is found in the cells, not elsewhere
