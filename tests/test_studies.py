@@ -214,3 +214,23 @@ def test_a_ladder_gain_under_two_standard_errors_is_marked_within_noise():
     assert noisy["val se"].iloc[0] == pytest.approx(100 * math.sqrt(0.8 * 0.2 / 5000))
     assert noisy["within noise"].tolist() == [False, True, False]       # 2 se of a difference here: about 1.1 points
     assert "1 of the 2 changes cannot be told from no change" in S.ladder_findings(noisy)
+
+
+def test_bf16_against_fp32_over_seeds_with_its_standard_error():
+    table = pd.DataFrame({"test acc (%)": [90.3, 90.1, 90.2, 90.0, 90.4, 90.2],
+                          "one view (%)": [89.4, 89.2, 89.3, 89.3, 89.5, 89.1],
+                          "minutes": [19.0, 20.0, 21.0, 130.0, 140.0, 128.0],
+                          "precision": ["bf16", "bf16", "bf16", "fp32", "fp32", "fp32"]},
+                         index=pd.Index([0, 4, 5, 1, 2, 3], name="seed"))
+    f = S.precision_fields(table)
+    assert f["diff"] == pytest.approx(0.0) and f["bf16_n"] == f["fp32_n"] == 3 and f["bf16_seeds"] == "0, 4, 5"
+    assert f["se"] == pytest.approx(math.hypot(0.1 / math.sqrt(3), 0.2 / math.sqrt(3)))
+    assert f["within"] and f["verdict"] == "within the noise" and f["bf16_minutes"] == pytest.approx(20.0)
+    shifted = table.assign(**{"test acc (%)": table["test acc (%)"] + ([1.0] * 3 + [0.0] * 3)})
+    assert S.precision_fields(shifted)["verdict"] == "larger than the noise"
+    assert S.precision_fields(table.iloc[:4]) is None                       # one fp32 seed: no spread to compare
+    assert "{" not in H.wording.fill("final_precision", **f)
+    found = S.found_fields(table, {"step": "s", "parameters": 10, "epochs": 10}, budget_minutes=20)
+    assert found["goal_met"] == "meets" and found["above"] == 6 and found["budget_met"] == "over"   # bf16 max 21 min
+    assert "bf16: 19 to 21 minutes" in found["minutes"]
+    assert "{" not in H.wording.fill("09_found", **found)
