@@ -3,6 +3,7 @@
 # make report  - get the data and execute every notebook in order, in place (full protocol), then rewrite
 #                the README's results; ONLY="01 06" limits it to some notebooks, RESULTS=dir trains into another folder
 # make quick   - a short CPU version (subset, few epochs) into build/quick, results-quick, figures-quick
+# make paper   - build the written report report/report.pdf from the results (seconds; make report ends with it)
 # make html    - export the executed notebooks to HTML in build/html
 # make bench   - training-speed benchmark (benchmarks/README.md)
 PYTHON ?= python3
@@ -14,7 +15,7 @@ ONLY ?=
 QUICK_PARAMS := -p epochs 3 -p train_subset 5000 -p test_subset 1000 -p results_dir results-quick -p figures_dir figures-quick \
 	-p seed_epochs 2 -p ladder_epochs 2 -p final_epochs 2
 
-.PHONY: venv test test-quick data report quick html bench clean-quick
+.PHONY: venv test test-quick data report paper quick html bench clean-quick
 
 venv: $(STAMP)
 $(STAMP): requirements.txt pyproject.toml
@@ -38,6 +39,10 @@ data: $(STAMP)
 report: data
 	TQDM_DISABLE=1 $(PY) scripts/run_notebooks.py --in-place -p results_dir $(RESULTS) $(if $(ONLY),--only $(ONLY))
 	$(PY) scripts/update_readme.py --results $(RESULTS)
+	$(PY) scripts/build_paper.py --results $(RESULTS)
+
+paper: $(STAMP)
+	$(PY) scripts/build_paper.py --results $(RESULTS)
 
 quick: data
 	TQDM_DISABLE=1 $(PY) scripts/run_notebooks.py --output build/quick $(QUICK_PARAMS)

@@ -109,24 +109,9 @@ def follow_up(results: Path) -> str:
     return "\n".join(parts).strip() or say("follow_up_missing")
 
 
-def learned_fields(results: Path) -> dict:
-    """The numbers and verdicts of notebook 10, from what it saved (empty if it has not run)."""
-    names = [*H.VARIANTS, "final"]
-    folder = REPO / results
-    stats_file = folder / "studies" / "cam_statistics.json"
-    if not stats_file.exists() or not all((folder / n / "calibration.json").exists() for n in names):
-        return {}
-    runs = {n: H.load_run(folder / n, weights=False) for n in names}
-    measured = {n: json.loads((folder / n / "calibration.json").read_text())["value"] for n in names}
-    rises = {n: H.calibration.loss_rise(runs[n], m) for n, m in measured.items()}
-    fields = H.calibration.report_fields(measured, rises, runs, {n: n for n in names})
-    fields.update(H.explain.cam_fields(json.loads(stats_file.read_text())["value"]))
-    return fields
-
-
 def learned(results: Path) -> str:
     """Notebook 10's calibration and class-activation-map findings in a paragraph."""
-    fields = learned_fields(results)
+    fields = H.summary.learned_fields(results)
     if not fields:
         return ""
     removed = [fields["removed_fc"], fields["removed_avgpool"]]
@@ -153,29 +138,18 @@ def results_section(runs: dict, results: Path) -> str:
 
 def headline(runs: dict, results: Path) -> str:
     """The first screen: the reproduction, the follow-up and notebook 10 in three lines."""
-    if len(runs) != len(H.VARIANTS):
+    fields = H.summary.headline_fields(runs, results)
+    if not fields:
         return ""
-    table = H.results.accuracy_table(runs, H.results.author_head_runs(results))
-    compared = table.dropna(subset=["author best"]).set_index("model")
-    ours = table[table["output"].str.startswith("10-way")].set_index("model")
-    found = H.results.findings(runs)
-    seeds = H.studies.finished_final_seeds(results)
     final_line = ""
-    if seeds:
-        fields = H.studies.final_seed_fields(H.studies.final_seed_table(seeds))
-        fields["spread_short"] = "" if fields["sd"] != fields["sd"] else f" (sd {fields['sd']:.2f}, lowest {fields['low']:.2f}%)"
-        final_line = H.wording.fill("readme_final_line", **fields).replace("\n", "\n  ")
-    calibration = learned_fields(results)
+    if "seeds_n" in fields:
+        seeds = {k.removeprefix("seeds_"): v for k, v in fields.items() if k.startswith("seeds_")}
+        seeds["spread_short"] = "" if seeds["sd"] != seeds["sd"] else f" (sd {seeds['sd']:.2f}, lowest {seeds['low']:.2f}%)"
+        final_line = H.wording.fill("readme_final_line", **seeds)
+    calibration = H.summary.learned_fields(results)
     calibration_line = ("" if not calibration or calibration["removed_fc"] != calibration["removed_fc"]
-                        else H.wording.fill("readme_calibration_line", **calibration).replace("\n", "\n  "))
-    gaps = -compared["best - author"]
-    text = H.wording.fill("readme_headline", fc_best=compared.loc[H.VARIANTS["fc"], "best"],
-                          avg_best=compared.loc[H.VARIANTS["avgpool"], "best"],
-                          drop_best=compared.loc[H.VARIANTS["avgpool_dropout"], "best"], gap_lo=gaps.min(),
-                          avg_ours=ours.loc[H.VARIANTS["avgpool"], "best"],
-                          drop_ours=ours.loc[H.VARIANTS["avgpool_dropout"], "best"],
-                          gap_hi=gaps.max(), n_hold=sum(f["holds"] for f in found), n_findings=len(found),
-                          final_line=final_line, calibration_line=calibration_line)
+                        else H.wording.fill("readme_calibration_line", **calibration))
+    text = H.wording.fill("readme_headline", **fields, final_line=final_line, calibration_line=calibration_line)
     return "\n".join(line for line in text.splitlines() if line.strip() != "-")    # drop empty bullets
 
 

@@ -1,0 +1,214 @@
+"""The written report, ``report/report.pdf``: its numbers gathered from ``results/`` (as formatted strings
+in ``report/tables/paper.json``), its tables exported for reuse (``report/tables/<name>.csv`` and a LaTeX
+``booktabs`` version ``<name>.tex``), and ``report/paper.typ`` compiled with Typst (the ``typst``
+package bundles the compiler and its fonts, so nothing else is installed). The prose lives in
+``paper.typ``; a field it uses that the results do not supply is an error naming the field.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from . import results, studies, summary
+from .files import REPO_ROOT, atomic_write, project_path, shown_path
+from .models import VARIANTS
+
+PAPER = REPO_ROOT / "report" / "paper.typ"
+TABLES = REPO_ROOT / "report" / "tables"
+_FIELD = re.compile(r"\bd\.([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _pct(x: float, digits: int = 1) -> str:
+    return "–" if x != x else f"{x:.{digits}f}"
+
+
+def tables(results_dir="results") -> dict[str, pd.DataFrame]:
+    """The paper's tables as text, each the same whether it is read in the PDF, the CSV or the LaTeX file."""
+    folder = project_path(results_dir)
+    runs = results.load_runs(folder)
+    out: dict[str, pd.DataFrame] = {}
+    if len(runs) == len(VARIANTS):
+        acc = results.accuracy_table(runs, results.author_head_runs(folder))
+        out["accuracy"] = pd.DataFrame({
+            "model": acc["model"], "output": acc["output"], "best": acc["best"].map(_pct),
+            "final": acc["final"].map(_pct), "author best": acc["author best"].map(_pct),
+            "author final": acc["author final"].map(_pct)})
+        out["models"] = pd.DataFrame([{"model": VARIANTS[n], "parameters": f"{r.metrics['parameters']:,}",
+                                       "author's count": f"{int(results.AUTHOR.loc[n, 'parameters']):,}",
+                                       "epochs": str(len(r.history)), "precision": r.config.precision}
+                                      for n, r in runs.items()])
+        out["findings"] = pd.DataFrame([{"finding of the report": f["claim"], "holds": "yes" if f["holds"] else "no"}
+                                        for f in results.findings(runs)])
+    if (folder / "studies" / "seeds.csv").exists():
+        seeds = pd.read_csv(folder / "studies" / "seeds.csv")
+        out["seeds"] = pd.DataFrame({"model": seeds["model"], "seeds": seeds["seeds"].astype(str),
+                                     "best mean": seeds["best mean"].map(_pct), "best sd": seeds["best sd"].map(
+                                         lambda x: _pct(x, 2)), "best range": [f"{a:.1f}–{b:.1f}" for a, b in zip(
+                                             seeds["best min"], seeds["best max"])],
+                                     "final mean": seeds["final mean"].map(_pct)})
+    if (folder / "studies" / "ladder.csv").exists():
+        ladder = pd.read_csv(folder / "studies" / "ladder.csv")
+        out["ladder"] = pd.DataFrame({
+            "change": [("↳ " if b else "") + c for b, c in zip(ladder["branch"], ladder["change"])],
+            "val acc": ladder["val acc"].map(_pct),
+            "gain": [("" if g != g else f"{g:+.1f}") + (" ~" if n else "") for g, n in zip(ladder["gain"],
+                                                                                          ladder["within noise"])],
+            "as trained": [_pct(a) if r else "" for a, r in zip(ladder["val acc as trained"], ladder["bn refreshed"])],
+            "parameters (M)": (ladder["parameters"] / 1e6).map(lambda x: f"{x:.2f}"),
+            "minutes": ladder["minutes"].map(lambda x: f"{x:.0f}")})
+    final = studies.finished_final_seeds(folder)
+    if final:
+        table = studies.final_seed_table(final)
+        out["final_seeds"] = pd.DataFrame({"seed": table.index.astype(str), "six views": table["test acc (%)"].map(
+            lambda x: _pct(x, 2)), "one view": table["one view (%)"].map(lambda x: _pct(x, 2)),
+            "minutes": table["minutes"].map(lambda x: f"{x:.0f}"), "precision": table["precision"]})
+    rows = []
+    for name in [*VARIANTS, "final"]:
+        path = folder / name / "calibration.json"
+        if path.exists():
+            m = json.loads(path.read_text())["value"]
+            rows.append({"model": VARIANTS.get(name, "Final model"), "T": f"{sum(m['temperatures']) / 2:.2f}",
+                         "ECE before": _pct(m["before"]["ece"]), "ECE after": _pct(m["after"]["ece"]),
+                         "loss before": f"{m['before']['loss']:.3f}", "loss after": f"{m['after']['loss']:.3f}"})
+    if rows:
+        out["calibration"] = pd.DataFrame(rows)
+    return out
+
+
+def booktabs(table: pd.DataFrame) -> str:
+    """``table`` as a LaTeX tabular with booktabs rules (needs ``\\usepackage{booktabs}``)."""
+    def tex(value) -> str:
+        text = str(value).replace("\\", "\x00")
+        for a, b in (("&", r"\&"), ("%", r"\%"), ("$", r"\$"), ("#", r"\#"), ("_", r"\_"), ("{", r"\{"),
+                     ("}", r"\}"), ("~", r"\textasciitilde{}"), ("^", r"\^{}"), ("↳", r"$\hookrightarrow$"),
+                     ("–", "--")):
+            text = text.replace(a, b)
+        return text.replace("\x00", r"\textbackslash{}")
+    align = "".join("l" if i == 0 or table[c].str.contains("[a-z]", regex=True).any() else "r"
+                    for i, c in enumerate(table.columns))
+    lines = [f"\\begin{{tabular}}{{{align}}}", "\\toprule", " & ".join(tex(c) for c in table.columns) + r" \\",
+             "\\midrule", *(" & ".join(tex(v) for v in row) + r" \\" for row in table.itertuples(index=False)),
+             "\\bottomrule", "\\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def export_tables(found: dict[str, pd.DataFrame], folder=TABLES) -> list[Path]:
+    """Each table as ``<name>.csv`` and ``<name>.tex`` in ``folder`` (written atomically)."""
+    folder = project_path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, table in found.items():
+        for suffix, text in ((".csv", table.to_csv(index=False)), (".tex", booktabs(table))):
+            atomic_write(folder / f"{name}{suffix}", lambda f, t=text: f.write(t.encode()))
+            written.append(folder / f"{name}{suffix}")
+    return written
+
+
+def fields(results_dir="results", notebooks_dir=REPO_ROOT / "notebooks") -> dict[str, str]:
+    """Every number the paper's prose states, formatted, from the results (the same values as the README)."""
+    folder = project_path(results_dir)
+    runs = results.load_runs(folder)
+    head = summary.headline_fields(runs, folder)
+    d: dict[str, str] = {}
+    if head:
+        d.update({k: f"{v:.1f}" for k, v in head.items() if k in ("fc_best", "avg_best", "drop_best", "gap_lo", "gap_hi",
+                                                                 "avg_ours", "drop_ours")})
+        d.update(n_hold=str(head["n_hold"]), n_findings=str(head["n_findings"]))
+        first = runs["fc"]
+        d.update(epochs=str(first.config.epochs), batch=str(first.config.batch_size), lr=f"{first.config.lr:g}",
+                 weight_decay=f"{first.config.weight_decay:g}",
+                 precision=" and ".join(sorted({r.config.precision for r in runs.values()})),
+                 data="the official CIFAR-10 archive" if first.metrics["official_data"] else
+                 "an offline copy of CIFAR-10 re-encoded as JPEG at quality 75 (not the official archive)")
+        for name, run in runs.items():
+            d[f"params_{name}"] = f"{run.metrics['parameters']:,}"
+        d.update({f"author_{k}": f"{results.AUTHOR.loc[n, 'best']:.1f}"
+                  for k, n in (("fc", "fc"), ("avg", "avgpool"), ("drop", "avgpool_dropout"))})
+    seeds = {k.removeprefix("seeds_"): v for k, v in head.items() if k.startswith("seeds_")}
+    if seeds:
+        d.update(final_n=str(seeds["n"]), final_mean=f"{seeds['mean']:.2f}", final_low=f"{seeds['low']:.2f}",
+                 final_high=f"{seeds['high']:.2f}", final_sd="–" if seeds["sd"] != seeds["sd"] else f"{seeds['sd']:.2f}",
+                 final_one=f"{seeds['one_mean']:.2f}", final_minutes_low=f"{seeds['minutes_low']:.0f}",
+                 final_minutes_high=f"{seeds['minutes_high']:.0f}")
+    if (folder / "studies" / "seeds.csv").exists():
+        s = pd.read_csv(folder / "studies" / "seeds.csv")
+        d.update(seed_count=str(int(s["seeds"].min())), seed_epochs=str(int(s["epochs"].max())),
+                 seed_spread=f"{(s['best max'] - s['best min']).max():.1f}", seed_sd=f"{s['best sd'].max():.2f}")
+    if (folder / "studies" / "ladder.csv").exists():
+        ladder = pd.read_csv(folder / "studies" / "ladder.csv")
+        rows = ladder.set_index("step")
+        hyp = studies.hypothesis_fields(ladder) or {}
+        d.update(ladder_images=f"{int(ladder['val images'].iloc[0]):,}", ladder_noise=str(int(ladder["within noise"].sum())), ladder_changes=str(int(ladder["gain"].notna().sum())),
+                 hypothesis_verdict=hyp.get("verdict", ""), hypothesis_verdict_as_trained=hyp.get("verdict_as_trained", ""),
+                 ladder_first=_pct(ladder["val acc"].iloc[0]), ladder_last=_pct(hyp.get("last_acc", math.nan)),
+                 ladder_ratio=f"{hyp.get('ratio', math.nan):.1f}")
+        if "batchnorm" in rows.index:
+            d.update(bn_gain=f"{rows.loc['batchnorm', 'gain']:+.1f}",
+                     bn_gain_as_trained=f"{rows.loc['batchnorm', 'gain as trained']:+.1f}")
+        cuts = [r for _, r in ladder[ladder["branch"].astype(bool)].iterrows()
+                if r["parameters"] < rows.loc[r["builds on"], "parameters"]]
+        d["cuts"] = "; ".join(f"{r['change']} {r['gain']:+.1f} points" for r in cuts)
+    if (folder / "studies" / "final.json").exists():
+        info = json.loads((folder / "studies" / "final.json").read_text())
+        d.update(final_step=info["step"], final_parameters=f"{info['parameters']:,}", final_epochs=str(info["epochs"]))
+    learned = summary.learned_fields(folder)
+    if learned:
+        d.update({k: f"{learned[k]:.1f}" for k in ("ece_fc", "ece_fc_after", "ece_avgpool", "ece_avgpool_after",
+                                                   "ece_dropout", "ece_dropout_after", "ece_final", "ece_final_after",
+                                                   "removed_fc", "removed_avgpool", "share_fc", "share_avgpool",
+                                                   "share_dropout") if k in learned})
+        d.update(final_direction=learned["final_direction"], agree_verdict=learned["agree_verdict"],
+                 r_max=f"{learned['r_max']:.2f}", centre_verdict=learned["centre_verdict"])
+    times = []
+    for nb in sorted(project_path(notebooks_dir).glob("[0-9][0-9]_*.ipynb")):
+        meta = json.loads(nb.read_text()).get("metadata", {}).get("papermill", {})
+        if meta.get("duration"):
+            times.append(meta["duration"])
+    d["report_minutes"] = f"{sum(times) / 60:.0f}" if times else "–"
+    return d
+
+
+def used_fields(source: str) -> set[str]:
+    """The data fields (``d.name``) a Typst source uses."""
+    return set(_FIELD.findall(re.sub(r"//[^\n]*", "", source)))
+
+
+def build(results_dir="results", output=None, tables_dir=TABLES, figures_dir="figures",
+          notebooks_dir=REPO_ROOT / "notebooks") -> Path:
+    """Gather the fields and tables from ``results_dir``, export the tables to ``tables_dir``, and compile
+    ``report/paper.typ`` with the figures of ``figures_dir`` into ``output`` (default ``report/report.pdf``,
+    written atomically). Returns the PDF's path."""
+    data, found = fields(results_dir, notebooks_dir), tables(results_dir)
+    source = PAPER.read_text()
+    missing = sorted(used_fields(source) - {k for k, v in data.items() if v != ""})
+    if missing:
+        raise KeyError(f"{shown_path(PAPER)} uses {', '.join(missing)}, which {shown_path(project_path(results_dir))} "
+                       "does not supply (has every notebook run?)")
+    absent = sorted(set(re.findall(r'\btab\("(\w+)"', source)) - set(found))
+    if absent:
+        raise KeyError(f"{shown_path(PAPER)} shows the tables {', '.join(absent)}, which the results do not supply")
+    tables_dir = project_path(tables_dir)
+    export_tables(found, tables_dir)
+    atomic_write(tables_dir / "paper.json", lambda f: f.write(json.dumps(data, indent=1, ensure_ascii=False).encode()))
+    output = project_path(output) if output else REPO_ROOT / "report" / "report.pdf"
+    pdf = _compile(tables_dir, figures_dir)
+    atomic_write(output, lambda f: f.write(pdf))
+    return output
+
+
+def _compile(tables_dir, figures_dir, **options):
+    import typst
+    tables_dir = project_path(tables_dir)
+    return typst.compile(str(PAPER), root="/", timestamp=0, **options,
+                         sys_inputs={"data": str(tables_dir / "paper.json"), "tables": str(tables_dir),
+                                     "figures": str(project_path(figures_dir))})
+
+
+def page_images(tables_dir=TABLES, figures_dir="figures", ppi: int = 20) -> list[bytes]:
+    """The built paper's pages as PNG images (from the data and tables ``build`` wrote to ``tables_dir``)."""
+    pages = _compile(tables_dir, figures_dir, format="png", ppi=ppi)
+    return pages if isinstance(pages, list) else [pages]
