@@ -40,3 +40,17 @@ def test_runs_on_a_jpeg_copy_say_so_and_are_tabulated_against_distortion(fake_da
     assert list(table.index) == ["copy as it is", "50", "25"] and table.loc["copy as it is", "test acc (%)"] == 81.0
     assert table.loc["25", "added mse"] > table.loc["50", "added mse"] > 0
     assert table.loc["50", "drop"] == pytest.approx(81.0 - table.loc["50", "test acc (%)"])
+
+
+def test_the_cost_of_a_pass_is_read_from_a_line_through_the_origin(fake_data, tmp_path):
+    table = pd.DataFrame({"psnr (dB)": [math.inf, 28.0, 26.0], "added mse": [0.0, 10.0, 20.0], "seeds": [5, 3, 3],
+                          "test acc (%)": [90.0, 89.0, 88.0], "se": [0.05, 0.1, 0.1], "drop": [0.0, 1.0, 2.0]},
+                         index=pd.Index(["copy as it is", "50", "25"], name="quality"))
+    reference = {"psnr": 10 * math.log10(255 ** 2 / 5.0), "aligned psnr": 50.0}
+    f = jpeg.jpeg_fields(table, reference)
+    assert f["slope"] == pytest.approx(0.1) and f["estimate"] == pytest.approx(0.5) and f["reference_mse"] == pytest.approx(5)
+    assert 0 < f["estimate_se"] < f["estimate"] and "{" not in H.wording.fill("jpeg", **f)
+    assert jpeg.jpeg_fields(table.assign(seeds=[5, 1, 1]), reference) is None
+    copy = jpeg.jpeg_copy(fake_data, 75)                        # like the offline copy: JPEG at quality 75 once
+    measured = jpeg.reference_distortion(copy, results_dir=tmp_path)
+    assert measured["psnr"] < measured["aligned psnr"] - 3        # moved blocks: a real second pass

@@ -22,6 +22,7 @@ from PIL import Image
 from .. import data as D
 from ..files import cached, digest, project_path
 from ..training import Run, TrainConfig, fit, load_run
+from ..wording import fill
 
 
 def reencode(images: torch.Tensor, quality: int) -> torch.Tensor:
@@ -114,3 +115,53 @@ def jpeg_table(baseline: pd.DataFrame, runs: dict[tuple[int, int], Run], psnrs: 
                      "se": acc.std() / math.sqrt(len(acc)) if len(acc) > 1 else math.nan,
                      "drop": base.mean() - acc.mean()})
     return pd.DataFrame(rows).set_index("quality")
+
+
+def reference_distortion(data: D.CIFAR10, quality: int = 75, shift: int = 4, results_dir="results") -> dict:
+    """A stand-in for the distortion of the copy's own quality-75 pass, which cannot be measured without
+    the original images: a quality-75 pass over the copy moved by ``shift`` pixels, so that JPEG's 8x8
+    blocks no longer line up with the first pass (aligned, a second pass at the same quality changes
+    almost nothing). The copy has already lost detail, so this likely understates the first pass.
+    Kept in ``results/jpeg/reference.json``."""
+    def measure():
+        moved = torch.roll(data.test.images, (shift, shift), (2, 3))
+        aligned = reencode(data.test.images, quality)
+        return {"quality": quality, "shift": shift, "psnr": psnr(reencode(moved, quality), moved),
+                "aligned psnr": psnr(aligned, data.test.images)}
+    folder = project_path(results_dir) / "jpeg"
+    folder.mkdir(parents=True, exist_ok=True)
+    key = {"images": digest(data.test.images[:1000]), "quality": quality, "shift": shift}
+    return cached(folder / "reference.json", key, measure)
+
+
+def jpeg_fields(table: pd.DataFrame, reference: dict) -> dict | None:
+    """The cost of a JPEG pass read from ``jpeg_table``: the drop in accuracy per unit of added mean
+    squared error (a line through the origin, least squares over the qualities), its standard error from
+    the seeds' standard errors, and the drop it predicts for ``reference``'s distortion. None unless some
+    quality has at least two seeds."""
+    rows = table[(table.index != "copy as it is") & (table["seeds"] >= 2)]
+    if rows.empty:
+        return None
+    x, y = rows["added mse"], rows["drop"]
+    se_drop = (rows["se"] ** 2 + table.loc["copy as it is", "se"] ** 2) ** 0.5
+    slope = float((x * y).sum() / (x * x).sum())
+    slope_se = float(((x * x * se_drop * se_drop).sum()) ** 0.5 / (x * x).sum())
+    mse = 255 ** 2 / 10 ** (reference["psnr"] / 10)
+    return {"qualities": ", ".join(rows.index), "seeds": int(rows["seeds"].min()), "slope": slope,
+            "slope_se": slope_se, "reference_psnr": reference["psnr"], "aligned_psnr": reference["aligned psnr"],
+            "reference_mse": mse, "estimate": slope * mse, "estimate_se": slope_se * mse,
+            "points": "; ".join(f"quality {q}: {r['psnr (dB)']:.1f} dB, {r['test acc (%)']:.2f}% "
+                                f"({r['drop']:+.2f} from the copy)" for q, r in rows.iterrows())}
+
+
+def jpeg_summary(baseline: pd.DataFrame, data: D.CIFAR10, results_dir="results") -> tuple[pd.DataFrame | None, str]:
+    """Notebook 09's JPEG section from the finished runs only (it trains nothing): the table of accuracy
+    against distortion and its reading in words (``report/text/jpeg.md``), or no table and a line saying
+    that no run has finished."""
+    runs = finished_jpeg_runs(results_dir)
+    if not runs:
+        return None, fill("jpeg_none")
+    psnrs = {q: distortion(data, q, results_dir) for q in sorted({q for q, _ in runs})}
+    table = jpeg_table(baseline, runs, psnrs)
+    fields = jpeg_fields(table, reference_distortion(data, results_dir=results_dir))
+    return table, fill("jpeg", **fields) if fields else fill("jpeg_few", runs=len(runs))
