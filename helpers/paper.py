@@ -16,10 +16,16 @@ import pandas as pd
 from . import results, studies, summary
 from .files import REPO_ROOT, atomic_write, project_path, shown_path
 from .models import VARIANTS
+from .training import REFRESH_IMAGES, load_run
 
 PAPER = REPO_ROOT / "report" / "paper.typ"
 TABLES = REPO_ROOT / "report" / "tables"
 _FIELD = re.compile(r"\bd\.([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def _signed(x: float, digits: int = 1) -> str:
+    """A signed number for prose, with a true minus sign."""
+    return f"{x:+.{digits}f}".replace("-", "−")
 
 
 def _pct(x: float, digits: int = 1) -> str:
@@ -37,9 +43,9 @@ def tables(results_dir="results") -> dict[str, pd.DataFrame]:
             "model": acc["model"], "output": acc["output"], "best": acc["best"].map(_pct),
             "final": acc["final"].map(_pct), "author best": acc["author best"].map(_pct),
             "author final": acc["author final"].map(_pct)})
-        out["models"] = pd.DataFrame([{"model": VARIANTS[n], "parameters": f"{r.metrics['parameters']:,}",
-                                       "author's count": f"{int(results.AUTHOR.loc[n, 'parameters']):,}",
-                                       "epochs": str(len(r.history)), "precision": r.config.precision}
+        out["models"] = pd.DataFrame([{"model": VARIANTS[n], "output": "10 logits",
+                                       "parameters": f"{r.metrics['parameters']:,}",
+                                       "author's reported count": f"{int(results.AUTHOR.loc[n, 'parameters']):,}"}
                                       for n, r in runs.items()])
         out["findings"] = pd.DataFrame([{"finding of the report": f["claim"], "holds": "yes" if f["holds"] else "no"}
                                         for f in results.findings(runs)])
@@ -126,10 +132,17 @@ def fields(results_dir="results", notebooks_dir=REPO_ROOT / "notebooks") -> dict
                  "an offline copy of CIFAR-10 re-encoded as JPEG at quality 75 (not the official archive)")
         for name, run in runs.items():
             d[f"params_{name}"] = f"{run.metrics['parameters']:,}"
+        d.update(head_gain_avg=_signed(head["avg_ours"] - head["avg_best"]),
+                 head_gain_drop=_signed(head["drop_ours"] - head["drop_best"]),
+                 findings_failed="; ".join(f"“{f['claim'].rstrip('.')}”" for f in results.findings(runs)
+                                           if not f["holds"]) or "none")
         d.update({f"author_{k}": f"{results.AUTHOR.loc[n, 'best']:.1f}"
                   for k, n in (("fc", "fc"), ("avg", "avgpool"), ("drop", "avgpool_dropout"))})
     seeds = {k.removeprefix("seeds_"): v for k, v in head.items() if k.startswith("seeds_")}
     if seeds:
+        table = studies.final_seed_table(studies.finished_final_seeds(folder))
+        d["final_precisions"] = " and ".join(f"{p} (seed{'s' if len(g) > 1 else ''} {', '.join(map(str, g.index))})"
+                                             for p, g in table.groupby("precision"))
         d.update(final_n=str(seeds["n"]), final_mean=f"{seeds['mean']:.2f}", final_low=f"{seeds['low']:.2f}",
                  final_high=f"{seeds['high']:.2f}", final_sd="–" if seeds["sd"] != seeds["sd"] else f"{seeds['sd']:.2f}",
                  final_one=f"{seeds['one_mean']:.2f}", final_minutes_low=f"{seeds['minutes_low']:.0f}",
@@ -147,20 +160,29 @@ def fields(results_dir="results", notebooks_dir=REPO_ROOT / "notebooks") -> dict
                  ladder_first=_pct(ladder["val acc"].iloc[0]), ladder_last=_pct(hyp.get("last_acc", math.nan)),
                  ladder_ratio=f"{hyp.get('ratio', math.nan):.1f}")
         if "batchnorm" in rows.index:
-            d.update(bn_gain=f"{rows.loc['batchnorm', 'gain']:+.1f}",
-                     bn_gain_as_trained=f"{rows.loc['batchnorm', 'gain as trained']:+.1f}")
+            d.update(bn_gain=_signed(rows.loc["batchnorm", "gain"]),
+                     bn_gain_as_trained=_signed(rows.loc["batchnorm", "gain as trained"]))
+        d["ladder_epochs"] = str(int(ladder["epochs"].max()))
         cuts = [r for _, r in ladder[ladder["branch"].astype(bool)].iterrows()
                 if r["parameters"] < rows.loc[r["builds on"], "parameters"]]
-        d["cuts"] = "; ".join(f"{r['change']} {r['gain']:+.1f} points" for r in cuts)
+        d["cuts"] = "; ".join(f"{r['change']} {_signed(r['gain'])} points" for r in cuts)
+        d["cuts_as_trained"] = "; ".join(f"{r['change']} {_signed(r['gain as trained'])}" for r in cuts)
     if (folder / "studies" / "final.json").exists():
         info = json.loads((folder / "studies" / "final.json").read_text())
-        d.update(final_step=info["step"], final_parameters=f"{info['parameters']:,}", final_epochs=str(info["epochs"]))
+        d.update(final_parameters=f"{info['parameters']:,}", final_epochs=str(info["epochs"]))
+        final_run = load_run(folder / "final", weights=False)
+        d.update(final_images=f"{final_run.metrics['train_images']:,}", final_shift=str(final_run.config.tta_shift),
+                 refresh_images=f"{REFRESH_IMAGES:,}")
+        if (folder / "studies" / "ladder.csv").exists():
+            label = pd.read_csv(folder / "studies" / "ladder.csv").set_index("step").loc[info["step"], "change"]
+            d["final_change"] = label[2:] if label.startswith("+ ") else label
     learned = summary.learned_fields(folder)
     if learned:
         d.update({k: f"{learned[k]:.1f}" for k in ("ece_fc", "ece_fc_after", "ece_avgpool", "ece_avgpool_after",
                                                    "ece_dropout", "ece_dropout_after", "ece_final", "ece_final_after",
                                                    "removed_fc", "removed_avgpool", "share_fc", "share_avgpool",
                                                    "share_dropout") if k in learned})
+        d.update(t_final=f"{learned['t_final']:.2f}", t_dropout=f"{learned['t_dropout']:.2f}")
         d.update(final_direction=learned["final_direction"], agree_verdict=learned["agree_verdict"],
                  r_max=f"{learned['r_max']:.2f}", centre_verdict=learned["centre_verdict"])
     times = []
