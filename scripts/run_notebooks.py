@@ -86,11 +86,16 @@ def kernel_config():
     return Config({"KernelManager": {"transport": "ipc"}}) if os.name == "posix" else Config()
 
 
-def record_paths(executed: Path, source: Path, target: Path) -> None:
-    """Papermill stores absolute paths, and the temporary output name, in the notebook's metadata;
-    store the paths relative to the project and the final name instead."""
+def tidy_metadata(executed: Path, source: Path, target: Path) -> None:
+    """Papermill stores absolute paths, and the temporary output name, in the notebook's metadata: store
+    the paths relative to the project and the final name instead. Each cell's start and end times (papermill
+    and the kernel record them) are dropped, so that a re-run with the same results changes only the
+    notebook's own timing, not every cell."""
     nb = nbformat.read(executed, as_version=4)
     nb.metadata.get("papermill", {}).update(input_path=str(shown_path(source)), output_path=str(shown_path(target)))
+    for cell in nb.cells:
+        cell.metadata.pop("execution", None)
+        cell.metadata.pop("papermill", None)
     nbformat.write(nb, executed)
 
 
@@ -132,7 +137,7 @@ def main(argv=None) -> int:
             print(f"{nb.name} stopped: {exc.ename}: {exc.evalue}\n(the partial notebook is "
                   f"{shown_path(running)}; {shown_path(out)} is unchanged)", file=sys.stderr)
             return 1
-        record_paths(running, source=src if isinstance(src, Path) else NOTEBOOKS / "templates" / RENDERED[nb.stem][0],
+        tidy_metadata(running, source=src if isinstance(src, Path) else NOTEBOOKS / "templates" / RENDERED[nb.stem][0],
                      target=out)
         os.replace(running, out)
         print(f"{nb.name}: done in {time.perf_counter() - start:.0f} s -> {shown_path(out)}", flush=True)
