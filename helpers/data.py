@@ -47,22 +47,23 @@ class DataError(RuntimeError):
 
 
 @dataclass
-class Split:
-    """One split held in memory: uint8 images (N, 3, 32, 32) and int64 labels (N,)."""
+class ImageSet:
+    """One set of images held in memory (training, test or validation): uint8 images (N, 3, 32, 32) and
+    int64 labels (N,)."""
     images: torch.Tensor
     labels: torch.Tensor
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, index: torch.Tensor) -> "Split":
-        return Split(self.images[index], self.labels[index])
+    def subset(self, index: torch.Tensor) -> "ImageSet":
+        return ImageSet(self.images[index], self.labels[index])
 
 
 @dataclass
 class CIFAR10:
-    train: Split
-    test: Split
+    train: ImageSet
+    test: ImageSet
     root: Path
     official: bool      # True when every batch file matches the official archive's MD5
     classes: tuple = CLASSES
@@ -192,9 +193,9 @@ def _read_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return data.view(-1, 3, 32, 32), labels
 
 
-def _read_split(folder: Path, names: list[str]) -> Split:
+def _read_split(folder: Path, names: list[str]) -> ImageSet:
     parts = [_read_batch(folder / name) for name in names]
-    split = Split(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
+    split = ImageSet(torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts]))
     where = shown_path(folder / names[0]) if len(names) == 1 else f"{shown_path(folder)}/{names[0][:-2]}_*"
     if not len(split):
         raise DataError(f"{where} holds no images. Replace it with the file from the official archive ({ARCHIVE_URL}).")
@@ -210,7 +211,7 @@ def _is_official(folder: Path) -> bool:
     return all(hashlib.md5((folder / name).read_bytes()).hexdigest() == md5 for name, md5 in OFFICIAL_MD5.items())
 
 
-# ---------------------------------------------------------------- subsets and splits
+# ---------------------------------------------------------------- subsets and held-out sets
 
 def _balanced_indices(labels: torch.Tensor, size: int, seed: int) -> torch.Tensor:
     if size % 10:
@@ -226,12 +227,12 @@ def _balanced_indices(labels: torch.Tensor, size: int, seed: int) -> torch.Tenso
     return torch.cat(picks).sort().values
 
 
-def balanced_subset(split: Split, size: int, seed: int = 0) -> Split:
+def balanced_subset(split: ImageSet, size: int, seed: int = 0) -> ImageSet:
     """A class-balanced random subset of ``size`` images (size/10 per class)."""
     return split.subset(_balanced_indices(split.labels, size, seed))
 
 
-def hold_out(split: Split, size: int, seed: int = 0) -> tuple[Split, Split]:
+def hold_out(split: ImageSet, size: int, seed: int = 0) -> tuple[ImageSet, ImageSet]:
     """Split off a class-balanced validation set of ``size`` images: returns (rest, held_out)."""
     held = _balanced_indices(split.labels, size, seed)
     keep = torch.ones(len(split), dtype=torch.bool)
@@ -239,14 +240,14 @@ def hold_out(split: Split, size: int, seed: int = 0) -> tuple[Split, Split]:
     return split.subset(keep.nonzero().flatten()), split.subset(held)
 
 
-def examples_per_class(split: Split, per_class: int, seed: int = 0) -> Split:
+def examples_per_class(split: ImageSet, per_class: int, seed: int = 0) -> ImageSet:
     """``per_class`` random images of each class, ordered class by class."""
     g = torch.Generator().manual_seed(seed)
     picks = [(split.labels == c).nonzero().flatten() for c in range(10)]
     return split.subset(torch.cat([idx[torch.randperm(len(idx), generator=g)[:per_class]] for idx in picks]))
 
 
-def channel_stats(split: Split) -> pd.DataFrame:
+def channel_stats(split: ImageSet) -> pd.DataFrame:
     """Per-channel mean and std of the pixels, on the [0, 1] scale and after the report's normalisation."""
     x = split.images.float().div_(255)
     mean, std = x.mean((0, 2, 3)), x.std((0, 2, 3))
@@ -265,7 +266,7 @@ def normalize(images: torch.Tensor) -> torch.Tensor:
     return (images.float().div_(255) - mean) / std
 
 
-def to_device(split: Split, device, channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def to_device(split: ImageSet, device, channels_last: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Normalised images and labels on ``device``, ready for index batching."""
     x = normalize(split.images.to(device))
     if channels_last:

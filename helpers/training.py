@@ -326,7 +326,7 @@ def make_schedule(config: TrainConfig, opt: torch.optim.Optimizer, steps_per_epo
     return None
 
 
-def splits(config: TrainConfig, data: D.CIFAR10) -> tuple[D.Split, D.Split]:
+def image_sets(config: TrainConfig, data: D.CIFAR10) -> tuple[D.ImageSet, D.ImageSet]:
     """The (train, evaluation) images a run uses: optional validation hold-out, optional quick-run subsets."""
     train, test = data.train, data.test
     if config.validation:
@@ -393,7 +393,7 @@ def fit(config: TrainConfig, data: D.CIFAR10, run_name: str | None = None, resul
     _check_config(path, config)
     if (path / "metrics.json").exists():
         return _load_finished(path, config, verbose, replay)
-    train, test = splits(config, data)            # sizes checked before anything is written
+    train, test = image_sets(config, data)            # sizes checked before anything is written
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -406,7 +406,7 @@ def fit(config: TrainConfig, data: D.CIFAR10, run_name: str | None = None, resul
         return _train(config, saved, data, train, test, path, dev, progress, verbose)
 
 
-def refresh_images(train: D.Split, device, images: int = REFRESH_IMAGES) -> torch.Tensor:
+def refresh_images(train: D.ImageSet, device, images: int = REFRESH_IMAGES) -> torch.Tensor:
     """The normalised training images on which ``bn_refresh`` measures BatchNorm statistics: a class-balanced
     subset of ``images`` (all of them for a smaller split), the same ones for every run of that split."""
     chosen = D.balanced_subset(train, images) if images < len(train) else train
@@ -442,8 +442,10 @@ def _load_finished(path: Path, config: TrainConfig, verbose: bool, replay: bool,
         note = (f"; trained in {run.config.precision}, this machine computes in {config.precision}"
                 if run.config.precision != config.precision else "")
         best = h[f"{split}_acc"].max()
-        print(f"{path.name}: finished run loaded from {shown_path(path)} ({len(h)} epochs): best {split} accuracy "
-              f"{best:.2%}, final {h[f'{split}_acc'].iloc[-1]:.2%}{note}")
+        accuracy = (f"best {split} accuracy {best:.2%}, final {h[f'{split}_acc'].iloc[-1]:.2%}"
+                    if run.config.eval_each_epoch else
+                    f"{split} accuracy {h[f'{split}_acc'].iloc[-1]:.2%}, evaluated once after the last epoch")
+        print(f"{path.name}: finished run loaded from {shown_path(path)} ({len(h)} epochs): {accuracy}{note}")
         if replay:
             for row in h.to_dict("records"):
                 print(_epoch_line(row, split, run.config.epochs))
@@ -467,7 +469,7 @@ def _write_history(path: Path, history: list[dict]) -> None:
     atomic_write(path / "history.csv", lambda f: f.write(pd.DataFrame(history).to_csv(index=False).encode()))
 
 
-def _train(config: TrainConfig, saved: TrainConfig | None, data: D.CIFAR10, train: D.Split, test: D.Split,
+def _train(config: TrainConfig, saved: TrainConfig | None, data: D.CIFAR10, train: D.ImageSet, test: D.ImageSet,
            path: Path, dev: torch.device, progress: bool | None, verbose: bool) -> Run:
     from tqdm.auto import tqdm
 

@@ -113,7 +113,7 @@ def test_temperature_recovers_a_known_temperature_and_keeps_every_prediction():
 def test_calibration_is_measured_once_and_kept_beside_the_run(tmp_path, fake_data, monkeypatch):
     run = H.fit(H.TrainConfig(model="avgpool", epochs=1, train_subset=100, test_subset=50), fake_data,
                 results_dir=tmp_path, verbose=False)
-    _, test = H.training.splits(run.config, fake_data)
+    _, test = H.training.image_sets(run.config, fake_data)
     x, y = H.normalize(test.images), test.labels
     first = C.calibration(run, x, y)
     assert (run.path / "calibration.json").exists()

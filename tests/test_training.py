@@ -216,7 +216,7 @@ def test_bn_refresh_needs_batchnorm_and_changes_evaluation_not_training(fake_dat
     assert all(torch.equal(plain.model.state_dict()[k], fresh.model.state_dict()[k]) for k in weights)
     # the saved statistics are the refreshed ones, so a loaded run evaluates as it was reported
     loaded = H.load_run(tmp_path / "fresh")
-    _, test = H.training.splits(loaded.config, fake_data)
+    _, test = H.training.image_sets(loaded.config, fake_data)
     x, y = H.data.to_device(test, "cpu")
     assert H.evaluation.evaluate(loaded.model, x, y)["accuracy"] == pytest.approx(fresh.history["test_acc"].iloc[-1])
     assert not torch.equal(plain.model.state_dict()["bn1.running_var"], fresh.model.state_dict()["bn1.running_var"])

@@ -166,7 +166,7 @@ def found_fields(seeds: pd.DataFrame, info: dict, budget_minutes: float, goal: f
     fastest = minutes.max().min()          # the slowest run of the faster precision
     return {**fields, "step": info["step"], "parameters": info["parameters"], "epochs": info["epochs"],
             "goal": goal, "budget": budget_minutes, "goal_met": "meets" if fields["mean"] >= goal else "misses",
-            "above": int((seeds["test acc (%)"] >= goal).sum()),
-            "minutes": "; ".join(f"{p}: {m.min():.0f} to {m.max():.0f} minutes" if m.min() != m.max()
-                                 else f"{p}: {m.min():.0f} minutes" for p, m in minutes),
+            "above": "all" if (seeds["test acc (%)"] >= goal).all() else str(int((seeds["test acc (%)"] >= goal).sum())),
+            "minutes": " and ".join((f"{m.min():.0f} to {m.max():.0f} minutes" if len(m) > 1 else f"{m.min():.0f} minutes")
+                                    + f" in {p} ({len(m)} run{'s' if len(m) > 1 else ''})" for p, m in minutes),
             "budget_met": "within" if fastest <= budget_minutes else "over"}

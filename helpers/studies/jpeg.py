@@ -52,8 +52,8 @@ def jpeg_copy(data: D.CIFAR10, quality: int) -> D.CIFAR10:
     ``source`` says so. A few seconds per 10,000 images."""
     change = f"re-encoded once more as JPEG at quality {quality}"
     return dataclasses.replace(
-        data, train=D.Split(reencode(data.train.images, quality), data.train.labels),
-        test=D.Split(reencode(data.test.images, quality), data.test.labels), official=False,
+        data, train=D.ImageSet(reencode(data.train.images, quality), data.train.labels),
+        test=D.ImageSet(reencode(data.test.images, quality), data.test.labels), official=False,
         changed=f"{data.changed}; {change}" if data.changed else change)
 
 

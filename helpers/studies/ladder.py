@@ -16,7 +16,7 @@ from ..files import cached, project_path, shown_path
 from ..models import batchnorm_layers
 from ..device import pick_device, runnable_precision
 from ..training import (REFRESH_IMAGES, Run, TrainConfig, fit, load_run, model_to_evaluate, refresh_images,
-                        splits)
+                        image_sets)
 from ..wording import fill
 from .common import save_table
 
@@ -108,6 +108,7 @@ def run_ladder(steps: list[Step], start: TrainConfig, data: D.CIFAR10, results_d
         config = configs[step.name]
         folder = project_path(results_dir) / "ladder" / step.name
         eval_only = step.base is not None and set(step.changes) <= EVAL_ONLY
+        loaded = (folder / ("evaluation.json" if eval_only else "metrics.json")).exists()   # finished before this call
         if eval_only:
             run = runs[step.base]
             ev = _evaluate_step(run, config, data, folder, device)
@@ -115,7 +116,7 @@ def run_ladder(steps: list[Step], start: TrainConfig, data: D.CIFAR10, results_d
             as_trained = ev
         else:
             run = fit(config, data, run_name=f"ladder/{step.name}", results_dir=results_dir, device=device,
-                      verbose=not (folder / "metrics.json").exists())   # a loaded step: the line below is enough
+                      verbose=not loaded)
             hist = run.history
             as_trained = {"accuracy": hist["val_acc"].iloc[-1], "loss": hist["val_loss"].iloc[-1]}
         refreshed = refresh and config.network.dropout_meets_batchnorm and not config.bn_refresh
@@ -130,10 +131,11 @@ def run_ladder(steps: list[Step], start: TrainConfig, data: D.CIFAR10, results_d
                      "train images": run.metrics["train_images"], "val images": config.validation,
                      "eval only": eval_only, "bn refreshed": refreshed,
                      "val acc as trained": 100 * as_trained["accuracy"]})
-        print(f"{step.name:>11}: val accuracy {ev['accuracy']:.2%}"
-              + (f" (as trained {as_trained['accuracy']:.2%})" if refreshed else "")
-              + f" after {len(hist)} epochs, {run.metrics['parameters']:,} parameters, "
-              f"{minutes:.1f} min{' (evaluation only)' if eval_only else ''}", flush=True)
+        if not loaded:    # a step finished before is in the table; only new work gets a line
+            print(f"{step.name:>11}: val accuracy {ev['accuracy']:.2%}"
+                  + (f" (as trained {as_trained['accuracy']:.2%})" if refreshed else "")
+                  + f" after {len(hist)} epochs, {run.metrics['parameters']:,} parameters, "
+                  f"{minutes:.1f} min{' (evaluation only)' if eval_only else ''}", flush=True)
     table = pd.DataFrame(rows)
     for column, gain in (("val acc", "gain"), ("val acc as trained", "gain as trained")):
         acc = table.set_index("step")[column]
@@ -171,7 +173,7 @@ def _evaluate_step(run: Run, config: TrainConfig, data: D.CIFAR10, folder: Path,
     def measure():
         dev = pick_device(device)
         precision = runnable_precision(run.config.precision, dev)
-        train, val = splits(config, data)
+        train, val = image_sets(config, data)
         x, y = D.to_device(val, dev)
         model = run.model.to(dev)
         images = refresh_images(train, dev) if config.bn_refresh else None
@@ -203,7 +205,7 @@ def batchnorm_refresh(table: pd.DataFrame, data: D.CIFAR10, results_dir="results
         def measure(run=run):
             dev = pick_device(device)
             precision = runnable_precision(run.config.precision, dev)
-            train, val = splits(run.config, data)
+            train, val = image_sets(run.config, data)
             x, y = D.to_device(val, dev)
             calib = refresh_images(train, dev, calibration)
             model = run.model.to(dev)
@@ -224,9 +226,11 @@ def batchnorm_refresh(table: pd.DataFrame, data: D.CIFAR10, results_dir="results
 
 def batchnorm_refresh_findings(refresh: pd.DataFrame) -> str:
     """The refresh check in words: mean gain with and without dropout."""
+    def shown(x: float) -> float:          # no "-0.0" in the text
+        return round(x, 1) + 0.0
     groups = [fill("ladder:refresh_group", n=len(g), plural="s" if len(g) > 1 else "",
-                   with_or_without="with" if has_dropout else "without", mean=g["gain"].mean(),
-                   low=g["gain"].min(), high=g["gain"].max())
+                   with_or_without="with" if has_dropout else "without", mean=shown(g["gain"].mean()),
+                   low=shown(g["gain"].min()), high=shown(g["gain"].max()))
               for has_dropout, g in refresh.groupby("dropout")]
     return fill("ladder:refresh", groups="; ".join(groups)) if groups else fill("ladder:refresh_none")
 
