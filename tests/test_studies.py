@@ -224,7 +224,8 @@ def test_bf16_against_fp32_over_seeds_with_its_standard_error():
                          index=pd.Index([0, 4, 5, 1, 2, 3], name="seed"))
     f = S.precision_fields(table)
     assert f["diff"] == pytest.approx(0.0) and f["bf16_n"] == f["fp32_n"] == 3 and f["bf16_seeds"] == "0, 4, 5"
-    assert f["se"] == pytest.approx(math.hypot(0.1 / math.sqrt(3), 0.2 / math.sqrt(3)))
+    pooled = math.sqrt((2 * 0.1 ** 2 + 2 * 0.2 ** 2) / 4)            # sd 0.1 in bf16, 0.2 in fp32
+    assert f["se"] == pytest.approx(pooled * math.sqrt(2 / 3))
     assert f["within"] and f["verdict"] == "within the noise" and f["bf16_minutes"] == pytest.approx(20.0)
     shifted = table.assign(**{"test acc (%)": table["test acc (%)"] + ([1.0] * 3 + [0.0] * 3)})
     assert S.precision_fields(shifted)["verdict"] == "larger than the noise"

@@ -135,8 +135,9 @@ def final_seed_fields(table: pd.DataFrame, planned: int = 5) -> dict:
 def precision_fields(table: pd.DataFrame) -> dict | None:
     """bf16 against fp32 over the final recipe's seeds (``final_seed_table``): per precision the number of
     seeds, mean and standard deviation of the test accuracy (six views and one view), the difference of the
-    means with its standard error (unequal variances: sqrt(sd1^2/n1 + sd2^2/n2)) and whether it is within
-    two standard errors of zero. None unless both precisions have at least two seeds."""
+    means with its standard error and whether it is within two standard errors of zero. The standard error
+    pools the seed-to-seed variance of both groups (the same recipe; a group of two or three seeds says little
+    about its own spread): s_p * sqrt(1/n1 + 1/n2). None unless both precisions have at least two seeds."""
     groups = {p: g for p, g in table.groupby("precision")}
     if set(groups) != {"bf16", "fp32"} or min(len(g) for g in groups.values()) < 2:
         return None
@@ -144,7 +145,9 @@ def precision_fields(table: pd.DataFrame) -> dict | None:
     for column, key in (("test acc (%)", ""), ("one view (%)", "one_")):
         stats = {p: (len(g), g[column].mean(), g[column].std()) for p, g in groups.items()}
         diff = stats["bf16"][1] - stats["fp32"][1]
-        se = math.hypot(stats["bf16"][2] / math.sqrt(stats["bf16"][0]), stats["fp32"][2] / math.sqrt(stats["fp32"][0]))
+        (n1, _, s1), (n2, _, s2) = stats["bf16"], stats["fp32"]
+        pooled = math.sqrt(((n1 - 1) * s1 ** 2 + (n2 - 1) * s2 ** 2) / (n1 + n2 - 2))
+        se = pooled * math.sqrt(1 / n1 + 1 / n2)
         fields.update({f"{key}bf16_mean": stats["bf16"][1], f"{key}fp32_mean": stats["fp32"][1],
                        f"{key}bf16_sd": stats["bf16"][2], f"{key}fp32_sd": stats["fp32"][2],
                        f"{key}diff": diff, f"{key}se": se, f"{key}within": abs(diff) < 2 * se})
