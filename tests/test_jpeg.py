@@ -32,6 +32,9 @@ def test_runs_on_a_jpeg_copy_say_so_and_are_tabulated_against_distortion(fake_da
     assert sorted(runs) == [(25, 0), (25, 1), (50, 0), (50, 1)]
     assert "quality 25" in runs[25, 1].metrics["data"]
     assert sorted(jpeg.finished_jpeg_runs(tmp_path)) == sorted(runs)
+    (tmp_path / "jpeg" / "q50" / "seed0" / "model.pt").unlink()       # weights need not be kept
+    again = jpeg.jpeg_runs(config, [50, 25], [0, 1], fake_data, results_dir=tmp_path)
+    assert again[50, 0].metrics == runs[50, 0].metrics          # read, not trained again, and no RunDataError
     psnrs = {q: jpeg.distortion(fake_data, q, results_dir=tmp_path) for q in (50, 25)}
     assert (tmp_path / "jpeg" / "q50" / "distortion.json").exists()
     assert psnrs[25]["test psnr"] < psnrs[50]["test psnr"]

@@ -63,18 +63,21 @@ def run_name(quality: int, seed: int) -> str:
 
 def jpeg_runs(config: TrainConfig, qualities, seeds, data: D.CIFAR10, results_dir="results",
               device=None) -> dict[tuple[int, int], Run]:
-    """The recipe ``config`` trained (or loaded) once per quality and seed on ``jpeg_copy(data, quality)``,
-    seed by seed, so that every quality has a run early. A quality's copy is made only if one of its runs
-    is unfinished (a finished run loads without its data)."""
+    """The recipe ``config`` trained once per quality and seed on ``jpeg_copy(data, quality)``, seed by seed,
+    so that every quality has a run early. A finished run is read, not trained (its numbers only: the study
+    needs no weights, so they need not be kept); a quality's copy is made only for an unfinished run."""
     copies: dict[int, D.CIFAR10] = {}
     runs = {}
     for seed in seeds:
         for quality in qualities:
-            name = run_name(quality, seed)
-            if quality not in copies and not (project_path(results_dir) / name / "metrics.json").exists():
+            folder = project_path(results_dir) / run_name(quality, seed)
+            if (folder / "metrics.json").exists():
+                runs[quality, seed] = load_run(folder, weights=False)
+                continue
+            if quality not in copies:
                 copies[quality] = jpeg_copy(data, quality)
-            runs[quality, seed] = fit(dataclasses.replace(config, seed=seed), copies.get(quality, data),
-                                      run_name=name, results_dir=results_dir, device=device)
+            runs[quality, seed] = fit(dataclasses.replace(config, seed=seed), copies[quality],
+                                      run_name=run_name(quality, seed), results_dir=results_dir, device=device)
     return runs
 
 
