@@ -102,16 +102,13 @@ def booktabs(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def export_tables(found: dict[str, pd.DataFrame], folder=TABLES) -> list[Path]:
+def export_tables(found: dict[str, pd.DataFrame], folder=TABLES) -> None:
     """Each table as ``<name>.csv`` and ``<name>.tex`` in ``folder`` (written atomically)."""
     folder = project_path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    written = []
     for name, table in found.items():
         for suffix, text in ((".csv", table.to_csv(index=False)), (".tex", booktabs(table))):
             atomic_write(folder / f"{name}{suffix}", lambda f, t=text: f.write(t.encode()))
-            written.append(folder / f"{name}{suffix}")
-    return written
 
 
 def fields(results_dir="results", notebooks_dir=REPO_ROOT / "notebooks") -> dict[str, str]:
@@ -121,8 +118,7 @@ def fields(results_dir="results", notebooks_dir=REPO_ROOT / "notebooks") -> dict
     head = summary.headline_fields(runs, folder)
     d: dict[str, str] = {}
     if head:
-        d.update({k: f"{v:.1f}" for k, v in head.items() if k in ("fc_best", "avg_best", "drop_best", "gap_lo", "gap_hi",
-                                                                 "avg_ours", "drop_ours")})
+        d.update({k: f"{v:.1f}" for k, v in head.items() if k in ("fc_best", "avg_best", "drop_best", "gap_lo", "gap_hi")})
         d.update(n_hold=str(head["n_hold"]), n_findings=str(head["n_findings"]))
         first = runs["fc"]
         d.update(epochs=str(first.config.epochs), batch=str(first.config.batch_size), lr=f"{first.config.lr:g}",
@@ -130,8 +126,6 @@ def fields(results_dir="results", notebooks_dir=REPO_ROOT / "notebooks") -> dict
                  precision=" and ".join(sorted({r.config.precision for r in runs.values()})),
                  data="the official CIFAR-10 archive" if first.metrics["official_data"] else
                  "an offline copy of CIFAR-10 re-encoded as JPEG at quality 75 (not the official archive)")
-        for name, run in runs.items():
-            d[f"params_{name}"] = f"{run.metrics['parameters']:,}"
         d.update(head_gain_avg=_signed(head["avg_ours"] - head["avg_best"]),
                  head_gain_drop=_signed(head["drop_ours"] - head["drop_best"]),
                  findings_failed="; ".join(f"“{f['claim'].rstrip('.')}”" for f in results.findings(runs)
@@ -144,9 +138,7 @@ def fields(results_dir="results", notebooks_dir=REPO_ROOT / "notebooks") -> dict
         d["final_precisions"] = " and ".join(f"{p} (seed{'s' if len(g) > 1 else ''} {', '.join(map(str, g.index))})"
                                              for p, g in table.groupby("precision"))
         d.update(final_n=str(seeds["n"]), final_mean=f"{seeds['mean']:.2f}", final_low=f"{seeds['low']:.2f}",
-                 final_high=f"{seeds['high']:.2f}", final_sd="–" if seeds["sd"] != seeds["sd"] else f"{seeds['sd']:.2f}",
-                 final_one=f"{seeds['one_mean']:.2f}", final_minutes_low=f"{seeds['minutes_low']:.0f}",
-                 final_minutes_high=f"{seeds['minutes_high']:.0f}")
+                 final_one=f"{seeds['one_mean']:.2f}")
     if (folder / "studies" / "seeds.csv").exists():
         s = pd.read_csv(folder / "studies" / "seeds.csv")
         d.update(seed_count=str(int(s["seeds"].min())), seed_epochs=str(int(s["epochs"].max())),
@@ -156,7 +148,7 @@ def fields(results_dir="results", notebooks_dir=REPO_ROOT / "notebooks") -> dict
         rows = ladder.set_index("step")
         hyp = studies.hypothesis_fields(ladder) or {}
         d.update(ladder_images=f"{int(ladder['val images'].iloc[0]):,}", ladder_noise=str(int(ladder["within noise"].sum())), ladder_changes=str(int(ladder["gain"].notna().sum())),
-                 hypothesis_verdict=hyp.get("verdict", ""), hypothesis_verdict_as_trained=hyp.get("verdict_as_trained", ""),
+                 hypothesis_verdict=hyp.get("verdict", ""),
                  ladder_first=_pct(ladder["val acc"].iloc[0]), ladder_last=_pct(hyp.get("last_acc", math.nan)),
                  ladder_ratio=f"{hyp.get('ratio', math.nan):.1f}")
         if "batchnorm" in rows.index:
@@ -179,12 +171,12 @@ def fields(results_dir="results", notebooks_dir=REPO_ROOT / "notebooks") -> dict
     learned = summary.learned_fields(folder)
     if learned:
         d.update({k: f"{learned[k]:.1f}" for k in ("ece_fc", "ece_fc_after", "ece_avgpool", "ece_avgpool_after",
-                                                   "ece_dropout", "ece_dropout_after", "ece_final", "ece_final_after",
+                                                   "ece_final", "ece_final_after",
                                                    "removed_fc", "removed_avgpool", "share_fc", "share_avgpool",
                                                    "share_dropout") if k in learned})
         d.update(t_final=f"{learned['t_final']:.2f}", t_dropout=f"{learned['t_dropout']:.2f}")
         d.update(final_direction=learned["final_direction"], agree_verdict=learned["agree_verdict"],
-                 r_max=f"{learned['r_max']:.2f}", centre_verdict=learned["centre_verdict"])
+                 r_max=f"{learned['r_max']:.2f}")
     times = []
     for nb in sorted(project_path(notebooks_dir).glob("[0-9][0-9]_*.ipynb")):
         meta = json.loads(nb.read_text()).get("metadata", {}).get("papermill", {})
