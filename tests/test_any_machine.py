@@ -12,11 +12,17 @@ import helpers as H
 from conftest import REPO
 
 TINY = dict(epochs=2, train_subset=200, test_subset=100)
-COMMITTED = sorted(p.parent for p in (REPO / "results").rglob("metrics.json"))
+FINISHED = sorted(p.parent for p in (REPO / "results").rglob("metrics.json"))
+COMMITTED = [f for f in FINISHED if (f / "model.pt").exists()]       # runs the notebooks load with their weights
+NUMBERS_ONLY = [f for f in FINISHED if f not in COMMITTED]            # runs kept without weights (the JPEG study)
 
 
 def test_the_committed_runs_are_there():
     assert len(COMMITTED) >= 20, COMMITTED
+    assert all(f.relative_to(REPO / "results").parts[0] == "jpeg" for f in NUMBERS_ONLY), NUMBERS_ONLY
+    for folder in NUMBERS_ONLY:
+        run = H.load_run(folder, weights=False)
+        assert len(run.history) == run.config.epochs
 
 
 @pytest.fixture
