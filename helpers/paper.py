@@ -32,6 +32,10 @@ def _pct(x: float, digits: int = 1) -> str:
     return "–" if x != x else f"{x:.{digits}f}"
 
 
+_JPEG_FORMS = {"qualities": "{}", "seeds": "{}", "slope": "{:.3f}", "estimate": "{:.1f}", "estimate_se": "{:.1f}",
+               "reference_psnr": "{:.1f}", "aligned_psnr": "{:.1f}"}
+
+
 def tables(results_dir="results") -> dict[str, pd.DataFrame]:
     """The paper's tables as text, each the same whether it is read in the PDF, the CSV or the LaTeX file."""
     folder = project_path(results_dir)
@@ -168,6 +172,9 @@ def fields(results_dir="results", notebooks_dir=REPO_ROOT / "notebooks") -> dict
         if (folder / "studies" / "ladder.csv").exists():
             label = pd.read_csv(folder / "studies" / "ladder.csv").set_index("step").loc[info["step"], "change"]
             d["final_change"] = label[2:] if label.startswith("+ ") else label
+    cost = studies.jpeg.measured_cost(folder)            # the paper says "not measured yet" until it is
+    d["jpeg_measured"] = "yes" if cost else "no"
+    d.update({f"jpeg_{k}": form.format(cost[k]) if cost else "–" for k, form in _JPEG_FORMS.items()})
     learned = summary.learned_fields(folder)
     if learned:
         d.update({k: f"{learned[k]:.1f}" for k in ("ece_fc", "ece_fc_after", "ece_avgpool", "ece_avgpool_after",

@@ -237,13 +237,13 @@ def ladder(table: pd.DataFrame):
 
 def ladder_curves(table: pd.DataFrame, histories: dict, split: str = "val"):
     """Validation accuracy per epoch of every trained ladder step, in two panels so that each line can
-    be followed: the model-3 steps with their side branches (dashed), then the compact network's steps.
-    Within a panel, later steps are darker."""
+    be followed: the model-3 steps with their side branches (dashed), then the compact network's steps,
+    each panel on its own accuracy scale. Within a panel, later steps are darker."""
     trained = table[~table["eval only"].astype(bool)]
     compact_from = list(trained["step"]).index("compact") if "compact" in set(trained["step"]) else len(trained)
     panels = [trained.iloc[:compact_from], trained.iloc[compact_from:]]
     panels = [p for p in panels if len(p)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(WIDTH, 5.0), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(WIDTH, 5.0), squeeze=False)
     for ax, rows, title in zip(axes[0], panels, ("model 3 and its branches", "compact network")):
         main = rows[~rows["branch"].astype(bool)]
         shades = {step: str(0.7 - 0.7 * i / max(1, len(main) - 1)) for i, step in enumerate(main["step"])}
@@ -266,8 +266,49 @@ def ladder_curves(table: pd.DataFrame, histories: dict, split: str = "val"):
                                                    markeredgecolor="black", markeredgewidth=0.5,
                                                    label="last epoch, BatchNorm statistics\nmeasured without dropout"))
         ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=1)
-    axes[0][0].set_ylabel("validation accuracy (%)")
-    axes[0][0].set_ylim(0, 100)
+        lowest = min(histories[step][f"{split}_acc"].min() * 100 for step in rows["step"])
+        ax.set_ylim(10 * np.floor(lowest / 10), 100)        # each panel from just below its lowest point
+        ax.set_ylabel("validation accuracy (%)")
+    fig.tight_layout()
+    return fig
+
+
+def jpeg_sensitivity(points: pd.DataFrame, cost: dict | None = None):
+    """Test accuracy against the mean squared error one more JPEG pass adds to the copy (``jpeg.jpeg_points``):
+    every run as a small grey dot, each quality's mean as a black square with its standard error, and,
+    where ``cost`` (``jpeg.jpeg_fields``) exists, the line through the copy's mean fitted to the drops and
+    extended back by the reference distortion to where it puts the official images (hollow circle)."""
+    fig, ax = plt.subplots(figsize=(HALF + 0.6, 3.3))
+    ax.plot(points["added mse"], points["test acc (%)"], "o", color="0.6", markersize=3, label="one run (seed)",
+            zorder=2)
+    acc = points.groupby("quality", sort=False)["test acc (%)"]
+    means, counts = acc.mean(), acc.count()
+    x = points.groupby("quality", sort=False)["added mse"].first()
+    ax.errorbar(x, means, yerr=(acc.std() / counts ** 0.5).fillna(0), fmt="s", color="black", markersize=4,
+                capsize=2.5, lw=1, label="mean ± standard error", zorder=3)
+    for quality in means.index:
+        name = "copy" if quality == "copy as it is" else f"quality {quality}"
+        ax.annotate(f"{name}, {counts[quality]} seed{'s' if counts[quality] > 1 else ''}", (x[quality], acc.min()[quality]),
+                    xytext=(0, -5), textcoords="offset points", ha="center", va="top", fontsize=MIN_FONT,
+                    bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5})
+    left = 0
+    if cost:
+        base, left = means["copy as it is"], -cost["reference_mse"]
+        xs = np.array([left, x.max()])
+        ax.plot(xs, base - cost["slope"] * xs, "--", color="0.3", lw=1, zorder=1,
+                label=f"fitted drop: {cost['slope']:.3f} points per unit")
+        ax.plot([left], [base + cost["estimate"]], "o", markerfacecolor="white", markeredgecolor="black",
+                markersize=5, linestyle="none", zorder=3, label="official images, read from the line")
+        ax.annotate(f"+{cost['estimate']:.1f} ± {cost['estimate_se']:.1f}", (left, base + cost["estimate"]),
+                    xytext=(6, 0), textcoords="offset points", va="center", fontsize=MIN_FONT)
+        ax.axvline(0, color="0.8", lw=0.8, zorder=0)
+    span = x.max() - left
+    ax.set_xlim(left - 0.12 * span, x.max() + 0.12 * span)
+    low, high = points["test acc (%)"].min(), points["test acc (%)"].max()
+    ax.set_ylim(low - 0.08 * (high - low) - 0.5, ax.get_ylim()[1])
+    ax.set_xlabel("mean squared error added to the copy (pixel values 0–255)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2)
     fig.tight_layout()
     return fig
 

@@ -90,7 +90,7 @@ def follow_up(results: Path) -> str:
                   "", "![Ablation ladder](figures/ladder.png)", ""]
         seeds = H.studies.final_seed_table(H.studies.finished_final_seeds(results))
         if len(seeds):
-            parts += [say("what_changed"), "", H.studies.what_changed(ladder, seeds), ""]
+            parts += [say("what_changed"), "", H.studies.what_changed(ladder, seeds, results), ""]
     if (studies / "seeds.csv").exists():
         seeds = pd.read_csv(studies / "seeds.csv")
         parts += [say("seeds", seeds=int(seeds["seeds"].min()), epochs=int(seeds["epochs"].max())), "",

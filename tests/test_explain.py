@@ -178,3 +178,14 @@ def test_a_flat_or_extreme_temperature_never_changes_the_accuracy():
     labels = torch.tensor([1, 2])
     for t in (1.0, 1e4, 1e-4):
         assert C.summary(logits / t, labels)["accuracy"] == 100.0
+
+
+def test_every_training_setting_has_a_description_for_the_recipe_table():
+    import dataclasses
+    fields = {f.name for f in dataclasses.fields(H.TrainConfig)}
+    described = set(H.wording.pieces("settings"))
+    assert fields - described == set() and described - fields == set()
+    final = H.TrainConfig(model="compact", epochs=10, label_smoothing=0.2, precision="bf16", seed=3)
+    table = H.studies.recipe_table(final, H.TrainConfig(model="avgpool_dropout"))
+    assert list(table.index) == ["model", "epochs", "label_smoothing"]     # seed and precision are not the recipe
+    assert table.loc["epochs"].tolist() == ["100", "10", "passes over the training set"]

@@ -43,15 +43,29 @@ def test_runs_on_a_jpeg_copy_say_so_and_are_tabulated_against_distortion(fake_da
     assert list(table.index) == ["copy as it is", "50", "25"] and table.loc["copy as it is", "test acc (%)"] == 81.0
     assert table.loc["25", "added mse"] > table.loc["50", "added mse"] > 0
     assert table.loc["50", "drop"] == pytest.approx(81.0 - table.loc["50", "test acc (%)"])
+    assert jpeg.measured_cost(tmp_path) is None                 # notebook 09 has not read the runs yet
+    study = jpeg.jpeg_summary(baseline, fake_data, tmp_path)    # as notebook 09 shows it
+    assert study.cost is not None and "{" not in study.text and f"{study.cost['estimate']:.2f}" in study.text
+    assert len(study.points) == 2 + 4 and set(study.points["quality"]) == {"copy as it is", "50", "25"}
+    again = jpeg.measured_cost(tmp_path)                        # what notebook 06, the README and the paper read
+    assert again["qualities"] == study.cost["qualities"] == "50, 25" and again["points"] == study.cost["points"]
+    assert [again[k] for k in ("slope", "slope_se", "estimate")] == pytest.approx(
+        [study.cost[k] for k in ("slope", "slope_se", "estimate")])
+    H.plots.use_style()
+    paths = H.plots.save_figure(H.plots.jpeg_sensitivity(study.points, study.cost), "jpeg_sensitivity", tmp_path)
+    assert all(p.stat().st_size > 0 for p in paths)
 
 
 def test_the_cost_of_a_pass_is_read_from_a_line_through_the_origin(fake_data, tmp_path):
     table = pd.DataFrame({"psnr (dB)": [math.inf, 28.0, 26.0], "added mse": [0.0, 10.0, 20.0], "seeds": [5, 3, 3],
-                          "test acc (%)": [90.0, 89.0, 88.0], "se": [0.05, 0.1, 0.1], "drop": [0.0, 1.0, 2.0]},
+                          "test acc (%)": [90.0, 89.0, 88.0], "sd": [0.2, 0.1, 0.3], "drop": [0.0, 1.0, 2.0]},
                          index=pd.Index(["copy as it is", "50", "25"], name="quality"))
     reference = {"psnr": 10 * math.log10(255 ** 2 / 5.0), "aligned psnr": 50.0}
     f = jpeg.jpeg_fields(table, reference)
     assert f["slope"] == pytest.approx(0.1) and f["estimate"] == pytest.approx(0.5) and f["reference_mse"] == pytest.approx(5)
+    assert f["sd"] == pytest.approx(((4 * 0.04 + 2 * 0.01 + 2 * 0.09) / 8) ** 0.5)     # pooled over 5 + 3 + 3 seeds
+    # both drops share the copy's mean: var(slope) = sd^2 (sum x^2/n + (sum x)^2/n_copy) / (sum x^2)^2
+    assert f["slope_se"] == pytest.approx(f["sd"] * (100 / 3 + 400 / 3 + 900 / 5) ** 0.5 / 500)
     assert 0 < f["estimate_se"] < f["estimate"] and "{" not in H.wording.fill("jpeg", **f)
     assert jpeg.jpeg_fields(table.assign(seeds=[5, 1, 1]), reference) is None
     copy = jpeg.jpeg_copy(fake_data, 75)                        # like the offline copy: JPEG at quality 75 once

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import pandas as pd
 
+import helpers as H
 from helpers import results
 from helpers.training import Run, TrainConfig
 
@@ -78,6 +79,16 @@ def test_differences_name_the_gap_and_the_measured_causes(tmp_path):
     text = results.differences(runs, tmp_path)
     assert "up to 1.5 points" in text and "up to about 3.5 points" in text
     assert "beyond that are Average pooling;" in text
+    # once notebook 09 has estimated the copy's JPEG cost, the band uses it (its upper end) instead of the claim
+    pd.DataFrame({"quality": ["copy as it is", "50"], "psnr (dB)": [np.inf, 28.1], "added mse": [0.0, 100.0],
+                  "test acc (%)": [90.0, 88.0], "seeds": [6, 2], "sd": [0.2, 0.2],
+                  "drop": [0.0, 2.0]}).to_csv(tmp_path / "studies" / "jpeg.csv", index=False)
+    (tmp_path / "jpeg").mkdir()
+    H.files.save_json({"key": {}, "value": {"psnr": 10 * np.log10(255 ** 2 / 40.0), "aligned psnr": 50.0}},
+                      tmp_path / "jpeg" / "reference.json")
+    text = results.differences(runs, tmp_path)
+    assert "estimates that pass to cost the final recipe about 0.8 points" in H.wording.unwrap(text)
+    assert "up to about 2.4 points" in text      # 1.5 (seeds) + 0.8 + 2 x 0.065 (two standard errors)
 
 
 def test_markdown_tables_format_numbers_and_leave_missing_ones_empty():

@@ -13,7 +13,8 @@
 from .checked import what_changed, what_changed_fields  # noqa: F401
 from .common import SHORT_NAMES, save_table  # noqa: F401
 from .final import (choose_final, final_run_name, final_seed_fields, final_seed_runs, final_seed_table,  # noqa: F401
-                    final_summary, finished_final_seeds, found_fields, one_view_accuracy, precision_fields, save_final)
+                    final_summary, finished_final_seeds, found_fields, one_view_accuracy, precision_fields, recipe_table,
+                    save_final)
 from .heads import head_findings, head_table, unused_logit_share  # noqa: F401
 from .ladder import (EVAL_ONLY, Step, accuracy_se, airbench_optimiser, batchnorm_refresh,  # noqa: F401
                      batchnorm_refresh_findings, default_ladder, hypothesis_fields, hypothesis_verdict,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ..results import CLAIMED_JPEG_COST
 from ..wording import fill
 from .final import final_seed_fields, precision_fields
+from .jpeg import measured_cost
 from .ladder import _step_name, hypothesis_fields
 
 
@@ -33,8 +35,14 @@ def what_changed_fields(ladder: pd.DataFrame, seeds: pd.DataFrame) -> dict:
     return fields
 
 
-def what_changed(ladder: pd.DataFrame, seeds: pd.DataFrame) -> str:
-    """``what_changed_fields`` in words: one bullet per correction."""
+def what_changed(ladder: pd.DataFrame, seeds: pd.DataFrame, results_dir="results") -> str:
+    """``what_changed_fields`` in words: one bullet per correction, and the JPEG copy's cost once
+    notebook 09 has estimated it (``jpeg.measured_cost``)."""
     fields = what_changed_fields(ladder, seeds)
-    return fill("what_changed", **fields) + ("\n" + fill("what_changed_precision", **fields)
-                                              if fields["precision"] else "")
+    text = fill("what_changed", **fields)
+    if fields["precision"]:
+        text += "\n" + fill("what_changed_precision", **fields)
+    cost = measured_cost(results_dir)
+    if cost:
+        text += "\n" + fill("what_changed_jpeg", claimed=CLAIMED_JPEG_COST, **cost)
+    return text

@@ -14,7 +14,7 @@ from ..evaluation import evaluate
 from ..files import cached, digest, project_path, read_json, save_json
 from ..device import runnable_precision
 from ..training import Run, TrainConfig, fit, load_run
-from ..wording import fill
+from ..wording import fill, pieces, unwrap
 from .common import _studies_folder
 
 
@@ -57,6 +57,19 @@ def final_summary(info: dict, budget_minutes: float, goal: float = 90.0) -> str:
     return fill("final:summary", step=info["step"], parameters=info["parameters"], epochs=info["epochs"], acc=acc,
                 data=fill("final:official" if info["official_data"] else "final:offline"), minutes=minutes,
                 verdict=verdict)
+
+
+def recipe_table(config: TrainConfig, base: TrainConfig, base_label: str = "model 3, report's protocol") -> pd.DataFrame:
+    """Every setting of the recipe in which ``config`` differs from ``base`` (the report's model 3 with its
+    protocol), with both values and what the setting does (``report/text/settings.md``), in ``TrainConfig``'s
+    order. Seed, precision and subsets say how a run is executed, not what the recipe is, and are left out."""
+    described = pieces("settings")
+    def shown(value) -> str:
+        return f"{value:g}" if isinstance(value, float) else str(value)
+    return pd.DataFrame([{"setting": name, base_label: shown(old), "final model": shown(new),
+                          "what it sets": unwrap(described.get(name, ""))}
+                         for name, (new, old) in config.differences(base).items()
+                         if name not in ("seed", "precision", "train_subset", "test_subset")]).set_index("setting")
 
 
 def final_run_name(seed: int) -> str:

@@ -6,12 +6,16 @@ several seeds, and accuracy is read against the distortion each pass adds (PSNR 
 * ``reencode`` / ``jpeg_copy``: the images after one more JPEG pass, in memory, deterministic.
 * ``psnr``: the distortion of a pass, in dB over a whole set.
 * ``jpeg_runs``: the recipe per quality and seed, in ``results/jpeg/q<quality>/seed<seed>``.
-* ``jpeg_table`` / ``jpeg_fields``: accuracy against distortion, and the cost of a pass estimated from it.
+* ``jpeg_table`` / ``jpeg_points`` / ``jpeg_fields``: accuracy against distortion (per quality, per run),
+  and the cost of a pass estimated from it.
+* ``jpeg_summary``: notebook 09's section (it saves ``results/studies/jpeg.csv``); ``measured_cost`` reads
+  the estimate back for notebook 06, the README and the paper.
 """
 from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import math
 
 import numpy as np
@@ -23,6 +27,7 @@ from .. import data as D
 from ..files import cached, digest, project_path
 from ..training import Run, TrainConfig, fit, load_run
 from ..wording import fill
+from .common import save_table
 
 
 def reencode(images: torch.Tensor, quality: int) -> torch.Tensor:
@@ -139,32 +144,72 @@ def reference_distortion(data: D.CIFAR10, quality: int = 75, shift: int = 4, res
 
 def jpeg_fields(table: pd.DataFrame, reference: dict) -> dict | None:
     """The cost of a JPEG pass read from ``jpeg_table``: the drop in accuracy per unit of added mean
-    squared error (a line through the origin, least squares over the qualities), its standard error from
-    the seeds' standard errors, and the drop it predicts for ``reference``'s distortion. None unless some
-    quality has at least two seeds."""
+    squared error (a line through the origin, least squares over the qualities with two seeds or more),
+    its standard error, and the drop it predicts for ``reference``'s distortion. None unless some quality
+    has two seeds.
+
+    The seed-to-seed standard deviation is pooled over the copy and those qualities (two seeds alone say
+    little about their spread), and the slope's error counts that every drop shares the copy's mean."""
     rows = table[(table.index != "copy as it is") & (table["seeds"] >= 2)]
     if rows.empty:
         return None
-    x, y = rows["added mse"], rows["drop"]
-    se_drop = (rows["se"] ** 2 + table.loc["copy as it is", "se"] ** 2) ** 0.5
-    slope = float((x * y).sum() / (x * x).sum())
-    slope_se = float(((x * x * se_drop * se_drop).sum()) ** 0.5 / (x * x).sum())
+    copy = table.loc["copy as it is"]
+    groups = pd.concat([rows, table.loc[["copy as it is"]]])
+    sd = float(((groups["seeds"] - 1) * groups["sd"] ** 2).sum() / (groups["seeds"] - 1).sum()) ** 0.5
+    x, y, n = rows["added mse"], rows["drop"], rows["seeds"]
+    sxx = float((x * x).sum())
+    slope = float((x * y).sum()) / sxx
+    slope_se = sd * float((x * x / n).sum() + x.sum() ** 2 / copy["seeds"]) ** 0.5 / sxx
     mse = 255 ** 2 / 10 ** (reference["psnr"] / 10)
-    return {"qualities": ", ".join(rows.index), "seeds": int(rows["seeds"].min()), "slope": slope,
+    return {"qualities": ", ".join(rows.index), "seeds": int(n.min()), "sd": sd, "slope": slope,
             "slope_se": slope_se, "reference_psnr": reference["psnr"], "aligned_psnr": reference["aligned psnr"],
             "reference_mse": mse, "estimate": slope * mse, "estimate_se": slope_se * mse,
             "points": "; ".join(f"quality {q}: {r['psnr (dB)']:.1f} dB, {r['test acc (%)']:.2f}% "
-                                f"({r['drop']:+.2f} from the copy)" for q, r in rows.iterrows())}
+                                f"({r['drop']:.2f} points below the copy)" for q, r in rows.iterrows())}
 
 
-def jpeg_summary(baseline: pd.DataFrame, data: D.CIFAR10, results_dir="results") -> tuple[pd.DataFrame | None, str]:
+def jpeg_points(baseline: pd.DataFrame, runs: dict[tuple[int, int], Run], psnrs: dict[int, dict]) -> pd.DataFrame:
+    """One row per run, for a figure: its quality (``copy as it is`` for the recipe's seeds on the copy),
+    seed, the mean squared error its images carry beyond the copy's, and its test accuracy."""
+    rows = [{"quality": "copy as it is", "seed": seed, "added mse": 0.0, "test acc (%)": acc}
+            for seed, acc in baseline["test acc (%)"].items()]
+    rows += [{"quality": str(q), "seed": s, "added mse": 255 ** 2 / 10 ** (psnrs[q]["test psnr"] / 10),
+              "test acc (%)": r.metrics["final_test_acc"] * 100} for (q, s), r in sorted(runs.items())]
+    return pd.DataFrame(rows)
+
+
+@dataclasses.dataclass
+class JpegStudy:
+    """What notebook 09 shows of the study: ``table`` and ``points`` (None before any run has finished),
+    ``cost`` (``jpeg_fields``; None until some quality has two seeds) and ``text``, its reading in words."""
+    table: pd.DataFrame | None
+    points: pd.DataFrame | None
+    cost: dict | None
+    text: str
+
+
+def jpeg_summary(baseline: pd.DataFrame, data: D.CIFAR10, results_dir="results") -> JpegStudy:
     """Notebook 09's JPEG section from the finished runs only (it trains nothing): the table of accuracy
-    against distortion and its reading in words (``report/text/jpeg.md``), or no table and a line saying
-    that no run has finished."""
+    against distortion, saved as ``results/studies/jpeg.csv``, the runs behind it, the cost of a pass read
+    from them and the reading in words (``report/text/jpeg.md``), or a line saying that no run has finished."""
     runs = finished_jpeg_runs(results_dir)
     if not runs:
-        return None, fill("jpeg_none")
+        return JpegStudy(None, None, None, fill("jpeg_none"))
     psnrs = {q: distortion(data, q, results_dir) for q in sorted({q for q, _ in runs})}
     table = jpeg_table(baseline, runs, psnrs)
-    fields = jpeg_fields(table, reference_distortion(data, results_dir=results_dir))
-    return table, fill("jpeg", **fields) if fields else fill("jpeg_few", runs=len(runs))
+    save_table(table, "jpeg", results_dir)
+    cost = jpeg_fields(table, reference_distortion(data, results_dir=results_dir))
+    return JpegStudy(table, jpeg_points(baseline, runs, psnrs), cost,
+                     fill("jpeg", **cost) if cost else fill("jpeg_few", runs=len(runs)))
+
+
+def measured_cost(results_dir="results") -> dict | None:
+    """The cost of the copy's own JPEG pass as notebook 09 last estimated it (``jpeg_fields``, from
+    ``results/studies/jpeg.csv`` and ``results/jpeg/reference.json``), or None where it has not been
+    measured (no table, no reference distortion, or no quality with two seeds yet)."""
+    folder = project_path(results_dir)
+    table_path, reference_path = folder / "studies" / "jpeg.csv", folder / "jpeg" / "reference.json"
+    if not (table_path.exists() and reference_path.exists()):
+        return None
+    table = pd.read_csv(table_path, dtype={"quality": str}).set_index("quality")
+    return jpeg_fields(table, json.loads(reference_path.read_text())["value"])
