@@ -303,7 +303,7 @@ def jpeg_sensitivity(points: pd.DataFrame, cost: dict | None = None):
                     xytext=(6, 0), textcoords="offset points", va="center", fontsize=MIN_FONT)
         ax.axvline(0, color="0.8", lw=0.8, zorder=0)
     span = x.max() - left
-    ax.set_xlim(left - 0.12 * span, x.max() + 0.12 * span)
+    ax.set_xlim(left - 0.12 * span, x.max() + 0.2 * span)       # room for the last label
     low, high = points["test acc (%)"].min(), points["test acc (%)"].max()
     ax.set_ylim(low - 0.08 * (high - low) - 0.5, ax.get_ylim()[1])
     ax.set_xlabel("mean squared error added to the copy (pixel values 0–255)")

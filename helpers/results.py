@@ -269,7 +269,8 @@ CLAIMED_JPEG_COST = 2.0   # points: what the offline copy's maker expects its JP
 
 def differences(runs: dict[str, Run], results_dir="results") -> str:
     """Our runs against the author's, model by model, and the known causes of a difference with their
-    size where this project measured it (the head and seed studies of notebooks 07 and 08, when they exist)."""
+    size where this project measured it (the head and seed studies of notebooks 07 and 08, the JPEG and
+    precision comparisons of notebook 09, when they exist)."""
     if not runs:
         return fill("results:no_runs")
     s = _split(next(iter(runs.values())))
@@ -281,12 +282,12 @@ def differences(runs: dict[str, Run], results_dir="results") -> str:
                           best_gap=acc.max() - a["best"], best_epoch=int(h.loc[acc.idxmax(), "epoch"]),
                           author_best_epoch=int(a["best epoch"]), final=acc.iloc[-1], author_final=a["final"],
                           final_gap=acc.iloc[-1] - a["final"]))
+    from .studies import final_seed_table, finished_final_seeds, jpeg, precision_fields  # (they build on this module)
     official = all(r.metrics.get("official_data") for r in runs.values())
     causes = []
     jpeg_cost = 0.0
     if not official:
-        from .studies.jpeg import measured_cost     # here: the studies package builds on this module
-        measured = measured_cost(results_dir)
+        measured = jpeg.measured_cost(results_dir)
         if measured:        # notebook 09's estimate; its upper end (two standard errors) bounds the band below
             jpeg_cost = measured["estimate"] + 2 * measured["estimate_se"]
             causes.append(fill("results:cause_data_measured", upper=jpeg_cost, **measured))
@@ -307,8 +308,12 @@ def differences(runs: dict[str, Run], results_dir="results") -> str:
                   for m in heads.index.get_level_values(0).unique() if (m, "author") in heads and (m, "10-way") in heads]
         causes.append(fill("results:cause_head", deltas=", ".join(deltas)))
     precisions = sorted({r.config.precision for r in runs.values()})
-    causes.append(fill("results:cause_precision_bf16" if "bf16" in precisions else "results:cause_precision_fp32",
-                       precisions=" and ".join(precisions)))
+    both = precision_fields(final_seed_table(finished_final_seeds(results_dir)))    # notebook 09, where it ran
+    if "bf16" not in precisions:
+        piece, both = "cause_precision_fp32", {}
+    else:
+        piece, both = ("cause_precision_measured", both) if both else ("cause_precision_bf16", {})
+    causes.append(fill(f"results:{piece}", precisions=" and ".join(precisions), **both))
     text = "\n".join(lines) + "\n\n" + fill("results:causes") + "\n\n" + "\n".join(f"- {c}" for c in causes)
     if spread is not None:
         band = spread + jpeg_cost

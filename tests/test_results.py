@@ -1,4 +1,6 @@
 """The generated prose must follow the numbers: build histories with known shapes and check the verdicts."""
+import dataclasses
+
 import numpy as np
 import pytest
 import pandas as pd
@@ -119,3 +121,15 @@ def test_the_expectation_check_says_when_a_run_behaves_unlike_the_authors():
     steady = _run("fc", np.linspace(1.5, 0.5, 100), np.full(100, 0.70))
     text = results.expectation(steady)
     assert text.startswith("**Compared with the report.** Unlike what we expected") and "7.3 points below" in text
+
+
+def test_the_precision_cause_cites_notebook_09s_comparison_where_it_exists(tmp_path, monkeypatch):
+    runs = _author_like()
+    runs = {name: dataclasses.replace(run, config=dataclasses.replace(run.config, precision="bf16"))
+            for name, run in runs.items()}
+    assert "parity runs" in results.differences(runs, tmp_path)        # no final seeds: the benchmark's parity
+    fields = {"bf16_n": 3, "fp32_n": 3, "diff": 0.3, "se": 0.1, "one_diff": -0.05, "one_se": 0.12}
+    monkeypatch.setattr(H.studies, "precision_fields", lambda table: fields)
+    text = H.wording.unwrap(results.differences(runs, tmp_path))
+    assert "bf16 minus fp32 is +0.30 points of test accuracy (standard error 0.10)" in text
+    assert "-0.05 (standard error 0.12) on one view" in text

@@ -130,7 +130,8 @@ def final_seed_table(runs: dict[int, Run], images: torch.Tensor | None = None, l
                      "one view (%)": one_view_accuracy(run, images, labels, device),
                      "minutes": run.metrics["train_seconds"] / 60, "precision": run.config.precision,
                      "device": f"{env.get('device', '?')}, {env.get('threads', '?')} threads"})
-    return pd.DataFrame(rows).set_index("seed")
+    columns = ["seed", "test acc (%)", "one view (%)", "minutes", "precision", "device"]
+    return pd.DataFrame(rows, columns=columns).set_index("seed")
 
 
 def final_seed_fields(table: pd.DataFrame, planned: int = 5) -> dict:
