@@ -33,7 +33,7 @@ def _pct(x: float, digits: int = 1) -> str:
 
 
 _JPEG_FORMS = {"qualities": "{}", "seeds": "{}", "slope": "{:.3f}", "estimate": "{:.1f}", "estimate_se": "{:.1f}",
-               "reference_psnr": "{:.1f}", "aligned_psnr": "{:.1f}"}
+               "reference_psnr": "{:.1f}", "aligned_psnr": "{:.1f}", "reference_quality": "{}", "reference_shift": "{}"}
 
 
 def tables(results_dir="results") -> dict[str, pd.DataFrame]:

@@ -163,6 +163,7 @@ def jpeg_fields(table: pd.DataFrame, reference: dict) -> dict | None:
     mse = 255 ** 2 / 10 ** (reference["psnr"] / 10)
     return {"qualities": ", ".join(rows.index), "seeds": int(n.min()), "sd": sd, "slope": slope,
             "slope_se": slope_se, "reference_psnr": reference["psnr"], "aligned_psnr": reference["aligned psnr"],
+            "reference_quality": reference.get("quality", 75), "reference_shift": reference.get("shift", 4),
             "reference_mse": mse, "estimate": slope * mse, "estimate_se": slope_se * mse,
             "points": "; ".join(f"quality {q}: {r['psnr (dB)']:.1f} dB, {r['test acc (%)']:.2f}% "
                                 f"({r['drop']:.2f} points below the copy)" for q, r in rows.iterrows())}
