@@ -51,6 +51,9 @@ def test_runs_on_a_jpeg_copy_say_so_and_are_tabulated_against_distortion(fake_da
     assert again["qualities"] == study.cost["qualities"] == "50, 25" and again["points"] == study.cost["points"]
     assert [again[k] for k in ("slope", "slope_se", "estimate")] == pytest.approx(
         [study.cost[k] for k in ("slope", "slope_se", "estimate")])
+    (tmp_path / "studies" / "jpeg.csv").write_text("quality,seeds\n50,2\n")      # a hand-edited table
+    with pytest.raises(ValueError, match="jpeg.csv or .*reference.json is not what notebook 09 writes"):
+        jpeg.measured_cost(tmp_path)
     H.plots.use_style()
     paths = H.plots.save_figure(H.plots.jpeg_sensitivity(study.points, study.cost), "jpeg_sensitivity", tmp_path)
     assert all(p.stat().st_size > 0 for p in paths)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
 import math
 
 import numpy as np
@@ -24,7 +23,7 @@ import torch
 from PIL import Image
 
 from .. import data as D
-from ..files import cached, digest, project_path
+from ..files import cached, digest, project_path, read_json, shown_path
 from ..training import Run, TrainConfig, fit, load_run
 from ..wording import fill
 from .common import save_table
@@ -212,5 +211,10 @@ def measured_cost(results_dir="results") -> dict | None:
     table_path, reference_path = folder / "studies" / "jpeg.csv", folder / "jpeg" / "reference.json"
     if not (table_path.exists() and reference_path.exists()):
         return None
-    table = pd.read_csv(table_path, dtype={"quality": str}).set_index("quality")
-    return jpeg_fields(table, json.loads(reference_path.read_text())["value"])
+    try:
+        table = pd.read_csv(table_path, dtype={"quality": str}).set_index("quality")
+        return jpeg_fields(table, read_json(reference_path, "measurement")["value"])
+    except (KeyError, TypeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise ValueError(f"{shown_path(table_path)} or {shown_path(reference_path)} is not what notebook 09 writes "
+                         f"({type(exc).__name__}: {exc}); re-run notebook 09 to write them again, or restore them "
+                         "from git (git checkout -- <file>).") from None
