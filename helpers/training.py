@@ -526,7 +526,7 @@ def _train(config: TrainConfig, saved: TrainConfig | None, data: D.CIFAR10, trai
                      if before.precision != config.precision else "")
             print(f"{path.name}: resuming after epoch {len(history)} of {config.epochs} from "
                   f"{shown_path(ckpt_file)}.{moved}")
-    if saved is None:
+    if saved is None or not history:      # a fresh start says how it trains, whatever an earlier attempt wrote
         save_json(dataclasses.asdict(config), path / "config.json")
     for stale in path.glob("*.tmp"):              # left by a process killed while it wrote; we hold the lock
         stale.unlink(missing_ok=True)

@@ -13,13 +13,14 @@ from conftest import REPO
 
 TINY = dict(epochs=2, train_subset=200, test_subset=100)
 FINISHED = sorted(p.parent for p in (REPO / "results").rglob("metrics.json"))
-COMMITTED = [f for f in FINISHED if (f / "model.pt").exists()]       # runs the notebooks load with their weights
-NUMBERS_ONLY = [f for f in FINISHED if f not in COMMITTED]            # runs kept without weights (the JPEG study)
+STUDIES_WITHOUT_WEIGHTS = ("jpeg", "precision")       # studies that read numbers only; their weights are not kept
+NUMBERS_ONLY = [f for f in FINISHED if f.relative_to(REPO / "results").parts[0] in STUDIES_WITHOUT_WEIGHTS]
+COMMITTED = [f for f in FINISHED if f not in NUMBERS_ONLY]          # runs the notebooks load with their weights
 
 
 def test_the_committed_runs_are_there():
     assert len(COMMITTED) >= 20, COMMITTED
-    assert all(f.relative_to(REPO / "results").parts[0] == "jpeg" for f in NUMBERS_ONLY), NUMBERS_ONLY
+    assert all((f / "model.pt").exists() for f in COMMITTED), [f for f in COMMITTED if not (f / "model.pt").exists()]
     for folder in NUMBERS_ONLY:
         run = H.load_run(folder, weights=False)
         assert len(run.history) == run.config.epochs
@@ -80,6 +81,22 @@ def test_a_run_resumed_in_another_precision_says_so_and_records_it(fake_data, tm
     assert "Epochs 1-1 ran in bf16, the rest runs in fp32 on cpu: the result will be close to, not bit-identical" in out
     assert run.metrics["changes_on_resume"] == [{"after_epoch": 1, "precision": ["bf16", "fp32"], "device": "cpu"}]
     assert json.loads((tmp_path / "run" / "config.json").read_text())["precision"] == "bf16"   # as it started
+
+
+def test_a_fresh_start_in_another_precision_rewrites_the_config_it_trains_with(fake_data, tmp_path, monkeypatch):
+    """An attempt killed before its first checkpoint leaves only config.json; a new start in another precision
+    trains from scratch, and its config.json must say so (a stale fp32 one beside a bf16 run did, once)."""
+    monkeypatch.setattr(H.training, "_stop_if_diverged", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        H.fit(H.TrainConfig(model="avgpool", precision="fp32", **TINY), fake_data, run_name="run",
+              results_dir=tmp_path, progress=False)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    monkeypatch.undo()
+    run = H.fit(H.TrainConfig(model="avgpool", precision="bf16", **TINY), fake_data, run_name="run",
+                results_dir=tmp_path, progress=False)
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["precision"] == run.metrics["config"]["precision"] == "bf16"
+    assert "changes_on_resume" not in run.metrics                 # nothing was resumed
 
 
 def test_reevaluation_uses_the_runs_precision_only_where_the_device_runs_it(no_bf16):
