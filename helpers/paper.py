@@ -175,6 +175,10 @@ def fields(results_dir="results", notebooks_dir=REPO_ROOT / "notebooks") -> dict
     cost = studies.jpeg.measured_cost(folder)            # the paper says "not measured yet" until it is
     d["jpeg_measured"] = "yes" if cost else "no"
     d.update({f"jpeg_{k}": form.format(cost[k]) if cost else "–" for k, form in _JPEG_FORMS.items()})
+    d["jpeg_curved_measured"] = "yes" if cost and cost["curved"] == cost["curved"] else "no"
+    paired = studies.precision.measured_precision(folder)     # the paired bf16-fp32 check, once two pairs finished
+    d["paired_measured"] = "yes" if paired else "no"
+    d.update({f"paired_{k}": form.format(paired[k]) if paired else "–" for k, form in _PAIRED_FORMS.items()})
     learned = summary.learned_fields(folder)
     if learned:
         d.update({k: f"{learned[k]:.1f}" for k in ("ece_fc", "ece_fc_after", "ece_avgpool", "ece_avgpool_after",

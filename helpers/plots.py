@@ -277,7 +277,8 @@ def jpeg_sensitivity(points: pd.DataFrame, cost: dict | None = None):
     """Test accuracy against the mean squared error one more JPEG pass adds to the copy (``jpeg.jpeg_points``):
     every run as a small grey dot, each quality's mean as a black square with its standard error, and,
     where ``cost`` (``jpeg.jpeg_fields``) exists, the line through the copy's mean fitted to the drops and
-    extended back by the reference distortion to where it puts the official images (hollow circle)."""
+    extended back by the reference distortion to where it puts the official images (hollow circle), and
+    the same for the curve that may bend (dotted, hollow diamond) where two qualities allow one."""
     fig, ax = plt.subplots(figsize=(HALF + 0.6, 3.3))
     ax.plot(points["added mse"], points["test acc (%)"], "o", color="0.6", markersize=3, label="one run (seed)",
             zorder=2)
@@ -294,13 +295,20 @@ def jpeg_sensitivity(points: pd.DataFrame, cost: dict | None = None):
     left = 0
     if cost:
         base, left = means["copy as it is"], -cost["reference_mse"]
-        xs = np.array([left, x.max()])
+        xs = np.linspace(left, x.max(), 50)
         ax.plot(xs, base - cost["slope"] * xs, "--", color="0.3", lw=1, zorder=1,
-                label=f"fitted drop: {cost['slope']:.3f} points per unit")
-        ax.plot([left], [base + cost["estimate"]], "o", markerfacecolor="white", markeredgecolor="black",
-                markersize=5, linestyle="none", zorder=3, label="official images, read from the line")
-        ax.annotate(f"+{cost['estimate']:.1f} ± {cost['estimate_se']:.1f}", (left, base + cost["estimate"]),
-                    xytext=(6, 0), textcoords="offset points", va="center", fontsize=MIN_FONT)
+                label=f"line: {cost['slope']:.3f} points per unit")
+        readings = [(cost["estimate"], cost["estimate_se"], "o", "official images, read from the line", (6, 0))]
+        if cost.get("curved") == cost.get("curved"):           # a curve needs two qualities
+            ax.plot(xs, base - cost["curve_a"] * xs - cost["curve_b"] * xs ** 2, ":", color="black", lw=1.2,
+                    zorder=1, label="curve that bends")
+            readings.append((cost["curved"], cost["curved_se"], "D", "official images, read from the curve", (-3, -8)))
+        for value, se, marker, label, offset in readings:
+            ax.plot([left], [base + value], marker, markerfacecolor="white", markeredgecolor="black",
+                    markersize=5, linestyle="none", zorder=3, label=label)
+            ax.annotate(f"{value:+.1f} ± {se:.1f}", (left, base + value), xytext=offset, textcoords="offset points",
+                        va="center", fontsize=MIN_FONT, zorder=4,
+                        bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5})
         ax.axvline(0, color="0.8", lw=0.8, zorder=0)
     span = x.max() - left
     ax.set_xlim(left - 0.12 * span, x.max() + 0.2 * span)       # room for the last label

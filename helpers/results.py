@@ -282,14 +282,14 @@ def differences(runs: dict[str, Run], results_dir="results") -> str:
                           best_gap=acc.max() - a["best"], best_epoch=int(h.loc[acc.idxmax(), "epoch"]),
                           author_best_epoch=int(a["best epoch"]), final=acc.iloc[-1], author_final=a["final"],
                           final_gap=acc.iloc[-1] - a["final"]))
-    from .studies import final_seed_table, finished_final_seeds, jpeg, precision_fields  # (they build on this module)
+    from .studies import final_seed_table, finished_final_seeds, jpeg, precision, precision_fields  # (they build on this module)
     official = all(r.metrics.get("official_data") for r in runs.values())
     causes = []
     jpeg_cost = 0.0
     if not official:
         measured = jpeg.measured_cost(results_dir)
-        if measured:        # notebook 09's estimate; its upper end (two standard errors) bounds the band below
-            jpeg_cost = measured["estimate"] + 2 * measured["estimate_se"]
+        if measured:        # notebook 09's estimate; its upper end (plus two standard errors) bounds the band below
+            jpeg_cost = measured["high"] + 2 * measured["estimate_se"]
             causes.append(fill("results:cause_data_measured", upper=jpeg_cost, **measured))
         else:
             jpeg_cost = CLAIMED_JPEG_COST
@@ -314,6 +314,9 @@ def differences(runs: dict[str, Run], results_dir="results") -> str:
     else:
         piece, both = ("cause_precision_measured", both) if both else ("cause_precision_bf16", {})
     causes.append(fill(f"results:{piece}", precisions=" and ".join(precisions), **both))
+    paired = precision.measured_precision(results_dir) if "bf16" in precisions else None
+    if paired:      # the same seeds in both precisions, on model 1 with the report's protocol
+        causes[-1] += " " + fill("results:cause_precision_paired", **paired)
     text = "\n".join(lines) + "\n\n" + fill("results:causes") + "\n\n" + "\n".join(f"- {c}" for c in causes)
     if spread is not None:
         band = spread + jpeg_cost

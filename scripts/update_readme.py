@@ -149,7 +149,10 @@ def headline(runs: dict, results: Path) -> str:
     calibration = H.summary.learned_fields(results)
     calibration_line = ("" if not calibration or calibration["removed_fc"] != calibration["removed_fc"]
                         else H.wording.fill("readme_calibration_line", **calibration))
-    text = H.wording.fill("readme_headline", **fields, final_line=final_line, calibration_line=calibration_line)
+    cost = H.studies.jpeg.measured_cost(results)
+    jpeg_note = H.wording.fill("readme:jpeg_note", **cost) if cost else ""
+    text = H.wording.fill("readme_headline", **fields, final_line=final_line, calibration_line=calibration_line,
+                          jpeg_note=jpeg_note)
     return "\n".join(line for line in text.splitlines() if line.strip() != "-")    # drop empty bullets
 
 

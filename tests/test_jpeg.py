@@ -74,3 +74,22 @@ def test_the_cost_of_a_pass_is_read_from_a_line_through_the_origin(fake_data, tm
     copy = jpeg.jpeg_copy(fake_data, 75)                        # like the offline copy: JPEG at quality 75 once
     measured = jpeg.reference_distortion(copy, results_dir=tmp_path)
     assert measured["psnr"] < measured["aligned psnr"] - 3        # moved blocks: a real second pass
+
+
+def test_a_bending_curve_gives_a_second_reading_and_the_range_spans_both():
+    a, b = 0.01, 0.001                     # drop = a x + b x^2: bends, as the real points do
+    x = [10.0, 20.0]
+    table = pd.DataFrame({"psnr (dB)": [math.inf, 28.0, 26.0], "added mse": [0.0] + x, "seeds": [6, 3, 3],
+                          "test acc (%)": [90.0] + [90.0 - a * v - b * v * v for v in x], "sd": [0.2, 0.2, 0.2],
+                          "drop": [0.0] + [a * v + b * v * v for v in x]},
+                         index=pd.Index(["copy as it is", "50", "25"], name="quality"))
+    reference = {"psnr": 10 * math.log10(255 ** 2 / 5.0), "aligned psnr": 50.0}
+    f = jpeg.jpeg_fields(table, reference)
+    assert (f["curve_a"], f["curve_b"]) == pytest.approx((a, b))
+    assert f["curved"] == pytest.approx(a * 5 - b * 25)          # the curve extended back by the reference mse
+    assert f["low"] == pytest.approx(f["curved"]) and f["high"] == pytest.approx(f["estimate"]) and f["estimate"] > f["curved"]
+    assert f["bend_quality"] == "50" and f["bend"] == pytest.approx(f["slope"] * 10 - (a * 10 + b * 100)) and f["bend"] > 0
+    assert f["bend_se"] == pytest.approx(0.2 * (1 / 3 + 1 / 6) ** 0.5) and f["curved_se"] > f["estimate_se"]
+    assert "{" not in H.wording.fill("jpeg_curved", **f)
+    one = jpeg.jpeg_fields(table.drop(index="25"), reference)     # one quality: a line only
+    assert math.isnan(one["curved"]) and one["low"] == one["high"] == pytest.approx(one["estimate"])

@@ -232,6 +232,10 @@ def test_bf16_against_fp32_over_seeds_with_its_standard_error():
     assert S.precision_fields(table.iloc[:4]) is None                       # one fp32 seed: no spread to compare
     assert "{" not in H.wording.fill("final_precision", **f)
     found = S.found_fields(table, {"step": "s", "parameters": 10, "epochs": 10}, budget_minutes=20)
-    assert found["goal_met"] == "meets" and found["above"] == "all" and found["budget_met"] == "over"   # bf16 max 21 min
+    assert found["goal_met"] == "meets" and found["above"] == "all" and found["budget_met"] == "within"   # fastest 19 min
+    assert found["fastest_seed"] == 0 and found["fastest_precision"] == "bf16" and found["slowest_same"] == 21.0
     assert "19 to 21 minutes in bf16 (3 runs)" in found["minutes"]
+    slow = S.found_fields(table.assign(minutes=table["minutes"] + 2), {"step": "s", "parameters": 10, "epochs": 10},
+                          budget_minutes=20)
+    assert slow["budget_met"] == "over"                                     # even the fastest run took 21 minutes
     assert "{" not in H.wording.fill("09_found", **found)

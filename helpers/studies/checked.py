@@ -8,6 +8,7 @@ from ..results import CLAIMED_JPEG_COST
 from ..wording import fill
 from .final import final_seed_fields, precision_fields
 from .jpeg import measured_cost
+from .precision import measured_precision
 from .ladder import _step_name, hypothesis_fields
 
 
@@ -36,12 +37,16 @@ def what_changed_fields(ladder: pd.DataFrame, seeds: pd.DataFrame) -> dict:
 
 
 def what_changed(ladder: pd.DataFrame, seeds: pd.DataFrame, results_dir="results") -> str:
-    """``what_changed_fields`` in words: one bullet per correction, and the JPEG copy's cost once
-    notebook 09 has estimated it (``jpeg.measured_cost``)."""
+    """``what_changed_fields`` in words: one bullet per correction, the paired bf16-fp32 check once two
+    pairs have finished (``precision.measured_precision``) and the JPEG copy's cost once notebook 09 has
+    estimated it (``jpeg.measured_cost``)."""
     fields = what_changed_fields(ladder, seeds)
     text = fill("what_changed", **fields)
     if fields["precision"]:
         text += "\n" + fill("what_changed_precision", **fields)
+    paired = measured_precision(results_dir)
+    if paired:
+        text += "\n" + fill("what_changed_precision_paired", **paired)
     cost = measured_cost(results_dir)
     if cost:
         text += "\n" + fill("what_changed_jpeg", claimed=CLAIMED_JPEG_COST, **cost)

@@ -148,22 +148,46 @@ def jpeg_fields(table: pd.DataFrame, reference: dict) -> dict | None:
     has two seeds.
 
     The seed-to-seed standard deviation is pooled over the copy and those qualities (two seeds alone say
-    little about their spread), and the slope's error counts that every drop shares the copy's mean."""
+    little about their spread), and the slope's error counts that every drop shares the copy's mean.
+
+    A line assumes the cost grows in proportion to the distortion. With two qualities or more a curve
+    that may bend, drop = a mse + b mse^2 through the copy (least squares weighted by seeds), is fitted
+    too and extended back by the reference distortion the way the line is: it puts the official images
+    at a m - b m^2 above the copy (``curved``, with ``curved_se`` from the seeds). ``low`` and ``high``
+    span the two readings, and ``range`` says so in words (one number where they agree). ``bend`` is how far the quality with the least distortion lies above the
+    line, in points, and ``bend_se`` the standard error of that quality's drop: the evidence for a bend."""
     rows = table[(table.index != "copy as it is") & (table["seeds"] >= 2)]
     if rows.empty:
         return None
     copy = table.loc["copy as it is"]
     groups = pd.concat([rows, table.loc[["copy as it is"]]])
     sd = float(((groups["seeds"] - 1) * groups["sd"] ** 2).sum() / (groups["seeds"] - 1).sum()) ** 0.5
-    x, y, n = rows["added mse"], rows["drop"], rows["seeds"]
-    sxx = float((x * x).sum())
-    slope = float((x * y).sum()) / sxx
-    slope_se = sd * float((x * x / n).sum() + x.sum() ** 2 / copy["seeds"]) ** 0.5 / sxx
+    x, y, n = (rows[c].to_numpy(float) for c in ("added mse", "drop", "seeds"))
+    # every drop is a quality's mean less the copy's mean: independent seeds, one shared copy mean
+    drop_cov = sd ** 2 * (np.diag(1 / n) + 1 / float(copy["seeds"]))
     mse = 255 ** 2 / 10 ** (reference["psnr"] / 10)
-    return {"qualities": ", ".join(rows.index), "seeds": int(n.min()), "sd": sd, "slope": slope,
-            "slope_se": slope_se, "reference_psnr": reference["psnr"], "aligned_psnr": reference["aligned psnr"],
-            "reference_quality": reference.get("quality", 75), "reference_shift": reference.get("shift", 4),
-            "reference_mse": mse, "estimate": slope * mse, "estimate_se": slope_se * mse,
+
+    def read(design: np.ndarray, weights: np.ndarray, at: np.ndarray) -> tuple[np.ndarray, float, float]:
+        """Weighted least squares of the drops on ``design``; the coefficients, ``at`` . coefficients and its se."""
+        solve = np.linalg.pinv(design.T @ (weights[:, None] * design)) @ (design.T * weights)
+        coef = solve @ y
+        return coef, float(at @ coef), float(at @ solve @ drop_cov @ solve.T @ at) ** 0.5
+
+    (slope,), estimate, estimate_se = read(x[:, None], np.ones_like(x), np.array([mse]))
+    curved = curved_se = a = b = math.nan
+    if len(x) >= 2:
+        (a, b), curved, curved_se = read(np.column_stack([x, x * x]), n, np.array([mse, -mse ** 2]))
+    least = int(np.argmin(x))
+    readings = [estimate] + ([curved] if curved == curved else [])
+    return {"qualities": ", ".join(rows.index), "seeds": int(n.min()), "sd": sd, "slope": float(slope),
+            "slope_se": estimate_se / mse, "reference_psnr": reference["psnr"],
+            "aligned_psnr": reference["aligned psnr"], "reference_quality": reference.get("quality", 75),
+            "reference_shift": reference.get("shift", 4), "reference_mse": mse, "estimate": estimate,
+            "estimate_se": estimate_se, "curved": curved, "curved_se": curved_se, "curve_a": float(a),
+            "curve_b": float(b), "low": min(readings), "high": max(readings),
+            "range": (f"{min(readings):.1f}" if f"{min(readings):.1f}" == f"{max(readings):.1f}"
+                      else f"{min(readings):.1f} to {max(readings):.1f}"), "bend_quality": rows.index[least],
+            "bend": float(slope * x[least] - y[least]), "bend_se": float(drop_cov[least, least]) ** 0.5,
             "points": "; ".join(f"quality {q}: {r['psnr (dB)']:.1f} dB, {r['test acc (%)']:.2f}% "
                                 f"({r['drop']:.2f} points below the copy)" for q, r in rows.iterrows())}
 
@@ -199,8 +223,11 @@ def jpeg_summary(baseline: pd.DataFrame, data: D.CIFAR10, results_dir="results")
     table = jpeg_table(baseline, runs, psnrs)
     save_table(table, "jpeg", results_dir)
     cost = jpeg_fields(table, reference_distortion(data, results_dir=results_dir))
-    return JpegStudy(table, jpeg_points(baseline, runs, psnrs), cost,
-                     fill("jpeg", **cost) if cost else fill("jpeg_few", runs=len(runs)))
+    if cost is None:
+        text = fill("jpeg_few", runs=len(runs))
+    else:
+        text = fill("jpeg", **cost) + ("\n\n" + fill("jpeg_curved", **cost) if cost["curved"] == cost["curved"] else "")
+    return JpegStudy(table, jpeg_points(baseline, runs, psnrs), cost, text)
 
 
 def measured_cost(results_dir="results") -> dict | None:

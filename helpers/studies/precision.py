@@ -1,0 +1,161 @@
+"""Does computing in bf16 change the result? (issue 17, notebook 09): model 1 with the report's protocol,
+trained for a few epochs on the full training set with the same seeds once in fp32 and once in bf16, so
+that every seed gives one paired difference and the seed-to-seed noise cancels from it.
+
+* ``precision_runs``: the pairs, in ``results/precision/<precision>/seed<seed>`` (weights not kept: the
+  study reads numbers only).
+* ``finished_precision_runs`` / ``precision_table``: the finished pairs, one row per seed.
+* ``paired_fields`` / ``precision_summary``: the mean paired difference, its standard error and 95%
+  interval, and the reading in words (``report/text/precision_paired.md``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pandas as pd
+
+from .. import data as D
+from ..files import project_path
+from ..models import VARIANTS
+from ..training import Run, TrainConfig, fit, load_run
+from ..wording import fill
+from .common import save_table
+
+PRECISIONS = ("fp32", "bf16")
+# two-sided 95% quantiles of Student's t by degrees of freedom (scipy is not a dependency)
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+
+
+def paired_config(epochs: int = 10, model: str = "fc") -> TrainConfig:
+    """The study's configuration: the report's protocol for ``model``, ``epochs`` epochs, all 50,000
+    training images, the test set after every epoch."""
+    return TrainConfig(model=model, epochs=epochs)
+
+
+def run_name(precision: str, seed: int) -> str:
+    return f"precision/{precision}/seed{seed}"
+
+
+def precision_runs(config: TrainConfig, seeds, data: D.CIFAR10, results_dir="results",
+                   device=None) -> dict[tuple[str, int], Run]:
+    """``config`` trained once per seed in each precision, seed by seed (so that every seed finished is a
+    pair). A finished run is read, not trained; bf16 where the device does not compute it natively is
+    emulated, correct but several times slower."""
+    runs = {}
+    for seed in seeds:
+        for precision in PRECISIONS:
+            folder = project_path(results_dir) / run_name(precision, seed)
+            if (folder / "metrics.json").exists():
+                runs[precision, seed] = load_run(folder, weights=False)
+                continue
+            runs[precision, seed] = fit(dataclasses.replace(config, seed=seed, precision=precision), data,
+                                        run_name=run_name(precision, seed), results_dir=results_dir,
+                                        device=device)
+    return runs
+
+
+def finished_precision_runs(results_dir="results") -> dict[tuple[str, int], Run]:
+    """The finished runs under ``results/precision/``, by (precision, seed), read without training."""
+    runs = {}
+    for precision in PRECISIONS:
+        for path in sorted((project_path(results_dir) / "precision" / precision).glob("seed*")):
+            if (path / "metrics.json").exists():
+                runs[precision, int(path.name[4:])] = load_run(path, weights=False)
+    return runs
+
+
+def precision_table(runs: dict[tuple[str, int], Run]) -> pd.DataFrame:
+    """One row per seed that has finished in both precisions: final test accuracy (after the last epoch)
+    in each, their difference (bf16 - fp32), and the seconds per epoch of each. Runs whose configuration
+    differs in anything but seed and precision from the first are refused (they would not be a pair)."""
+    if not runs:
+        return pd.DataFrame(columns=["fp32 (%)", "bf16 (%)", "bf16 - fp32", "fp32 s/epoch", "bf16 s/epoch"])
+    first = next(iter(runs.values())).config
+    for (precision, seed), run in runs.items():
+        other = set(run.config.differences(first)) - {"seed", "precision"}
+        if other:
+            raise ValueError(f"{run.path} differs from {next(iter(runs.values())).path} in {', '.join(sorted(other))}; "
+                             "a paired comparison needs the same configuration. Move it out of results/precision/.")
+    rows = []
+    for seed in sorted({s for _, s in runs}):
+        if not all((p, seed) in runs for p in PRECISIONS):
+            continue
+        acc = {p: runs[p, seed].metrics["final_test_acc"] * 100 for p in PRECISIONS}
+        speed = {p: runs[p, seed].history["seconds"].mean() for p in PRECISIONS}
+        rows.append({"seed": seed, "fp32 (%)": acc["fp32"], "bf16 (%)": acc["bf16"],
+                     "bf16 - fp32": acc["bf16"] - acc["fp32"],
+                     "fp32 s/epoch": speed["fp32"], "bf16 s/epoch": speed["bf16"]})
+    return pd.DataFrame(rows).set_index("seed")
+
+
+def paired_fields(table: pd.DataFrame, run: Run | None = None) -> dict | None:
+    """The paired comparison in numbers: pairs, mean difference (bf16 - fp32, points), its standard
+    deviation over seeds, standard error, 95% interval (Student's t), and the seed-to-seed standard
+    deviation within each precision, to set the difference against; ``run``, one of the pairs, says what
+    was trained. None with fewer than two pairs."""
+    n = len(table)
+    if n < 2:
+        return None
+    model = run.config.model if run else "fc"
+    diff = table["bf16 - fp32"]
+    se = diff.std() / math.sqrt(n)
+    t = _T95.get(n - 1, 1.96)
+    within_sd = math.sqrt((table["fp32 (%)"].var() + table["bf16 (%)"].var()) / 2)
+    return {"pairs": n, "seeds": ", ".join(str(s) for s in table.index), "diff": diff.mean(), "diff_sd": diff.std(),
+            "se": se, "ci_low": diff.mean() - t * se, "ci_high": diff.mean() + t * se, "t": t,
+            "lowest": diff.min(), "highest": diff.max(), "within_sd": within_sd,
+            "fp32_mean": table["fp32 (%)"].mean(), "bf16_mean": table["bf16 (%)"].mean(),
+            "speedup": table["fp32 s/epoch"].mean() / table["bf16 s/epoch"].mean(),
+            "within": abs(diff.mean()) < 2 * se,
+            "verdict": "within the noise" if abs(diff.mean()) < 2 * se else "larger than the noise",
+            "model": model, "model_name": _model_name(model), "epochs": run.config.epochs if run else math.nan,
+            "train_images": f"{run.metrics['train_images']:,}" if run else "?"}
+
+
+def _model_name(model: str) -> str:
+    """"model 1 (fully connected head)" for the report's models, the name itself otherwise."""
+    if model not in VARIANTS:
+        return model
+    return f"model {list(VARIANTS).index(model) + 1} ({VARIANTS[model][0].lower() + VARIANTS[model][1:]})"
+
+
+@dataclasses.dataclass
+class PrecisionStudy:
+    """What notebook 09 shows: ``table`` (one row per pair), ``fields`` (``paired_fields``; None below two
+    pairs) and ``text``, its reading in words."""
+    table: pd.DataFrame
+    fields: dict | None
+    text: str
+
+
+def precision_summary(results_dir="results") -> PrecisionStudy:
+    """Notebook 09's paired bf16-fp32 section from the finished runs only (it trains nothing), its table
+    saved as ``results/studies/precision_paired.csv``."""
+    runs = finished_precision_runs(results_dir)
+    table = precision_table(runs)
+    if len(table):
+        save_table(table, "precision_paired", results_dir)
+    fields = paired_fields(table, next(iter(runs.values())) if runs else None)
+    text = fill("precision_paired", **fields) if fields else fill("precision_paired_few", pairs=len(table))
+    return PrecisionStudy(table, fields, text)
+
+
+def measured_precision(results_dir="results") -> dict | None:
+    """``paired_fields`` of the pairs notebook 09 last tabulated (``results/studies/precision_paired.csv``),
+    for the README, the paper and "What changed"; None before two pairs."""
+    path = project_path(results_dir) / "studies" / "precision_paired.csv"
+    if not path.exists():
+        return None
+    try:
+        table = pd.read_csv(path).set_index("seed")
+        return paired_fields(table, first_run(results_dir))
+    except (KeyError, TypeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise ValueError(f"{path} is not what notebook 09 writes ({type(exc).__name__}: {exc}); re-run notebook 09 "
+                         "to write it again, or restore it from git (git checkout -- <file>).") from None
+
+
+def first_run(results_dir="results") -> Run | None:
+    """The study's first finished run (what it trained, read without weights), or None."""
+    runs = finished_precision_runs(results_dir)
+    return next(iter(runs.values())) if runs else None
