@@ -33,7 +33,12 @@ def _pct(x: float, digits: int = 1) -> str:
 
 
 _JPEG_FORMS = {"qualities": "{}", "seeds": "{}", "slope": "{:.3f}", "estimate": "{:.1f}", "estimate_se": "{:.1f}",
-               "reference_psnr": "{:.1f}", "aligned_psnr": "{:.1f}", "reference_quality": "{}", "reference_shift": "{}"}
+               "reference_psnr": "{:.1f}", "aligned_psnr": "{:.1f}", "reference_quality": "{}", "reference_shift": "{}",
+               "tangent": "{:.1f}", "tangent_se": "{:.1f}", "curve_a": "{:.4f}", "low": "{:.1f}", "high": "{:.1f}", "range": "{}",
+               "bend": "{:.1f}", "bend_quality": "{}"}
+_PAIRED_FORMS = {"pairs": "{}", "model_name": "{}", "epochs": "{}", "diff": "{:+.2f}", "se": "{:.2f}",
+                 "ci_low": "{:+.2f}", "ci_high": "{:+.2f}", "within_sd": "{:.2f}", "verdict": "{}", "speedup": "{:.1f}",
+                 "train_images": "{}"}
 
 
 def tables(results_dir="results") -> dict[str, pd.DataFrame]:
@@ -175,7 +180,7 @@ def fields(results_dir="results", notebooks_dir=REPO_ROOT / "notebooks") -> dict
     cost = studies.jpeg.measured_cost(folder)            # the paper says "not measured yet" until it is
     d["jpeg_measured"] = "yes" if cost else "no"
     d.update({f"jpeg_{k}": form.format(cost[k]) if cost else "–" for k, form in _JPEG_FORMS.items()})
-    d["jpeg_curved_measured"] = "yes" if cost and cost["curved"] == cost["curved"] else "no"
+    d["jpeg_curved_measured"] = "yes" if cost and cost["tangent"] == cost["tangent"] else "no"
     paired = studies.precision.measured_precision(folder)     # the paired bf16-fp32 check, once two pairs finished
     d["paired_measured"] = "yes" if paired else "no"
     d.update({f"paired_{k}": form.format(paired[k]) if paired else "–" for k, form in _PAIRED_FORMS.items()})

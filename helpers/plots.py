@@ -277,8 +277,9 @@ def jpeg_sensitivity(points: pd.DataFrame, cost: dict | None = None):
     """Test accuracy against the mean squared error one more JPEG pass adds to the copy (``jpeg.jpeg_points``):
     every run as a small grey dot, each quality's mean as a black square with its standard error, and,
     where ``cost`` (``jpeg.jpeg_fields``) exists, the line through the copy's mean fitted to the drops and
-    extended back by the reference distortion to where it puts the official images (hollow circle), and
-    the same for the curve that may bend (dotted, hollow diamond) where two qualities allow one."""
+    extended back by the reference distortion to where it puts the official images (hollow circle), and,
+    where two qualities allow a curve that may bend (dotted, drawn where it was fitted), its slope at the
+    copy extended back the same way (dash-dotted, hollow diamond)."""
     fig, ax = plt.subplots(figsize=(HALF + 0.6, 3.3))
     ax.plot(points["added mse"], points["test acc (%)"], "o", color="0.6", markersize=3, label="one run (seed)",
             zorder=2)
@@ -299,10 +300,15 @@ def jpeg_sensitivity(points: pd.DataFrame, cost: dict | None = None):
         ax.plot(xs, base - cost["slope"] * xs, "--", color="0.3", lw=1, zorder=1,
                 label=f"line: {cost['slope']:.3f} points per unit")
         readings = [(cost["estimate"], cost["estimate_se"], "o", "official images, read from the line", (6, 0))]
-        if cost.get("curved") == cost.get("curved"):           # a curve needs two qualities
-            ax.plot(xs, base - cost["curve_a"] * xs - cost["curve_b"] * xs ** 2, ":", color="black", lw=1.2,
-                    zorder=1, label="curve that bends")
-            readings.append((cost["curved"], cost["curved_se"], "D", "official images, read from the curve", (-3, -8)))
+        if cost.get("tangent") == cost.get("tangent"):         # a curve needs two qualities
+            fitted = np.linspace(0, x.max(), 50)                  # the curve only where it was fitted
+            ax.plot(fitted, base - cost["curve_a"] * fitted - cost["curve_b"] * fitted ** 2, ":", color="black",
+                    lw=1.2, zorder=1, label="curve that bends")
+            back = np.array([left, 0.0])
+            ax.plot(back, base - cost["curve_a"] * back, "-.", color="black", lw=0.9, zorder=1,
+                    label="its slope at the copy")
+            readings.append((cost["tangent"], cost["tangent_se"], "D", "official images, read from the slope",
+                             (6, -1)))
         for value, se, marker, label, offset in readings:
             ax.plot([left], [base + value], marker, markerfacecolor="white", markeredgecolor="black",
                     markersize=5, linestyle="none", zorder=3, label=label)

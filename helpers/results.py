@@ -289,7 +289,7 @@ def differences(runs: dict[str, Run], results_dir="results") -> str:
     if not official:
         measured = jpeg.measured_cost(results_dir)
         if measured:        # notebook 09's estimate; its upper end (plus two standard errors) bounds the band below
-            jpeg_cost = measured["high"] + 2 * measured["estimate_se"]
+            jpeg_cost = measured["high"] + 2 * measured["high_se"]
             causes.append(fill("results:cause_data_measured", upper=jpeg_cost, **measured))
         else:
             jpeg_cost = CLAIMED_JPEG_COST

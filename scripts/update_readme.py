@@ -72,6 +72,9 @@ def follow_up(results: Path) -> str:
     if (studies / "final.json").exists():
         info = json.loads((studies / "final.json").read_text())
         parts += [H.studies.final_summary(info, budget_minutes=20), ""]
+        seed_table = H.studies.final_seed_table(H.studies.finished_final_seeds(results))
+        if len(seed_table) > 1:         # one run is an anecdote: the recipe over its seeds, beside it
+            parts += [H.wording.fill("final_seeds", **H.studies.final_seed_fields(seed_table)), ""]
     if (studies / "ladder.csv").exists():
         ladder = pd.read_csv(studies / "ladder.csv")
         refresh = (pd.read_csv(studies / "batchnorm_refresh.csv")

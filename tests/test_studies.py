@@ -234,8 +234,10 @@ def test_bf16_against_fp32_over_seeds_with_its_standard_error():
     found = S.found_fields(table, {"step": "s", "parameters": 10, "epochs": 10}, budget_minutes=20)
     assert found["goal_met"] == "meets" and found["above"] == "all" and found["budget_met"] == "within"   # fastest 19 min
     assert found["fastest_seed"] == 0 and found["fastest_precision"] == "bf16" and found["slowest_same"] == 21.0
+    assert found["median_same"] == 20.0 and "within the 20-minute budget; the median bf16 run took 20" in found["budget_line"]
     assert "19 to 21 minutes in bf16 (3 runs)" in found["minutes"]
     slow = S.found_fields(table.assign(minutes=table["minutes"] + 2), {"step": "s", "parameters": 10, "epochs": 10},
                           budget_minutes=20)
-    assert slow["budget_met"] == "over"                                     # even the fastest run took 21 minutes
+    assert slow["budget_met"] == "over" and slow["budget_line"].startswith("Even the fastest run (seed 0, bf16) took 21")
+    assert "holds" not in slow["budget_line"] and "{" not in H.wording.fill("09_found", **slow)
     assert "{" not in H.wording.fill("09_found", **found)

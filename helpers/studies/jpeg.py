@@ -151,11 +151,15 @@ def jpeg_fields(table: pd.DataFrame, reference: dict) -> dict | None:
     little about their spread), and the slope's error counts that every drop shares the copy's mean.
 
     A line assumes the cost grows in proportion to the distortion. With two qualities or more a curve
-    that may bend, drop = a mse + b mse^2 through the copy (least squares weighted by seeds), is fitted
-    too and extended back by the reference distortion the way the line is: it puts the official images
-    at a m - b m^2 above the copy (``curved``, with ``curved_se`` from the seeds). ``low`` and ``high``
-    span the two readings, and ``range`` says so in words (one number where they agree). ``bend`` is how far the quality with the least distortion lies above the
-    line, in points, and ``bend_se`` the standard error of that quality's drop: the evidence for a bend."""
+    that may bend, drop = a mse + b mse^2 through the copy, is fitted too (least squares, like the line;
+    two qualities fit it exactly), and its slope at the copy gives a second reading, ``tangent`` = a m
+    (``tangent_se`` from the seeds). Where the cost grows faster than the distortion (b > 0, as measured
+    here), a pass at the copy's level costs at most that slope times its distortion, and the line's reading
+    is larger still: both are upper readings, the tangent the tighter. ``low`` and ``high`` span the two,
+    ``range`` says so in words (``report/text/jpeg_range.md``). ``bend`` is how far the quality with the
+    least distortion lies above the line, in points, and ``bend_se`` the standard error of that quality's
+    drop: the evidence for a bend. The curve is not extended back itself: a parabola through two points
+    turns over just outside them, which would be its shape, not the data."""
     rows = table[(table.index != "copy as it is") & (table["seeds"] >= 2)]
     if rows.empty:
         return None
@@ -167,26 +171,27 @@ def jpeg_fields(table: pd.DataFrame, reference: dict) -> dict | None:
     drop_cov = sd ** 2 * (np.diag(1 / n) + 1 / float(copy["seeds"]))
     mse = 255 ** 2 / 10 ** (reference["psnr"] / 10)
 
-    def read(design: np.ndarray, weights: np.ndarray, at: np.ndarray) -> tuple[np.ndarray, float, float]:
-        """Weighted least squares of the drops on ``design``; the coefficients, ``at`` . coefficients and its se."""
-        solve = np.linalg.pinv(design.T @ (weights[:, None] * design)) @ (design.T * weights)
+    def read(design: np.ndarray, at: np.ndarray) -> tuple[np.ndarray, float, float]:
+        """Least squares of the drops on ``design``: the coefficients, ``at`` . coefficients and its se."""
+        solve = np.linalg.pinv(design.T @ design) @ design.T
         coef = solve @ y
         return coef, float(at @ coef), float(at @ solve @ drop_cov @ solve.T @ at) ** 0.5
 
-    (slope,), estimate, estimate_se = read(x[:, None], np.ones_like(x), np.array([mse]))
-    curved = curved_se = a = b = math.nan
+    (slope,), estimate, estimate_se = read(x[:, None], np.array([mse]))
+    tangent = tangent_se = a = b = math.nan
     if len(x) >= 2:
-        (a, b), curved, curved_se = read(np.column_stack([x, x * x]), n, np.array([mse, -mse ** 2]))
+        (a, b), tangent, tangent_se = read(np.column_stack([x, x * x]), np.array([mse, 0.0]))
     least = int(np.argmin(x))
-    readings = [estimate] + ([curved] if curved == curved else [])
+    readings = [estimate] + ([tangent] if tangent == tangent else [])
     return {"qualities": ", ".join(rows.index), "seeds": int(n.min()), "sd": sd, "slope": float(slope),
             "slope_se": estimate_se / mse, "reference_psnr": reference["psnr"],
             "aligned_psnr": reference["aligned psnr"], "reference_quality": reference.get("quality", 75),
             "reference_shift": reference.get("shift", 4), "reference_mse": mse, "estimate": estimate,
-            "estimate_se": estimate_se, "curved": curved, "curved_se": curved_se, "curve_a": float(a),
+            "estimate_se": estimate_se, "tangent": tangent, "tangent_se": tangent_se, "curve_a": float(a),
             "curve_b": float(b), "low": min(readings), "high": max(readings),
-            "range": (f"{min(readings):.1f}" if f"{min(readings):.1f}" == f"{max(readings):.1f}"
-                      else f"{min(readings):.1f} to {max(readings):.1f}"), "bend_quality": rows.index[least],
+            "high_se": tangent_se if tangent == max(readings) else estimate_se,
+            "range": fill("jpeg_range:one" if f"{min(readings):.1f}" == f"{max(readings):.1f}" else "jpeg_range:two",
+                          low=min(readings), high=max(readings)), "bend_quality": rows.index[least],
             "bend": float(slope * x[least] - y[least]), "bend_se": float(drop_cov[least, least]) ** 0.5,
             "points": "; ".join(f"quality {q}: {r['psnr (dB)']:.1f} dB, {r['test acc (%)']:.2f}% "
                                 f"({r['drop']:.2f} points below the copy)" for q, r in rows.iterrows())}
@@ -226,7 +231,7 @@ def jpeg_summary(baseline: pd.DataFrame, data: D.CIFAR10, results_dir="results")
     if cost is None:
         text = fill("jpeg_few", runs=len(runs))
     else:
-        text = fill("jpeg", **cost) + ("\n\n" + fill("jpeg_curved", **cost) if cost["curved"] == cost["curved"] else "")
+        text = fill("jpeg", **cost) + ("\n\n" + fill("jpeg_curved", **cost) if cost["tangent"] == cost["tangent"] else "")
     return JpegStudy(table, jpeg_points(baseline, runs, psnrs), cost, text)
 
 

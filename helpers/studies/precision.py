@@ -12,19 +12,25 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 
 import pandas as pd
 
 from .. import data as D
-from ..files import project_path
+from ..files import project_path, shown_path
 from ..models import VARIANTS
 from ..training import Run, TrainConfig, fit, load_run
 from ..wording import fill
 from .common import save_table
 
 PRECISIONS = ("fp32", "bf16")
-# two-sided 95% quantiles of Student's t by degrees of freedom (scipy is not a dependency)
-_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+# two-sided 95% quantiles of Student's t by degrees of freedom (scipy is not a dependency); 1.96 beyond 30
+_T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+        11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
+        20: 2.086, 21: 2.080, 22: 2.074, 23: 2.069, 24: 2.064, 25: 2.060, 26: 2.056, 27: 2.052, 28: 2.048,
+        29: 2.045, 30: 2.042}
+COLUMNS = ["fp32 (%)", "bf16 (%)", "bf16 - fp32", "fp32 s/epoch", "bf16 s/epoch"]
+_SEED_FOLDER = re.compile(r"seed(\d+)")
 
 
 def paired_config(epochs: int = 10, model: str = "fc") -> TrainConfig:
@@ -56,28 +62,36 @@ def precision_runs(config: TrainConfig, seeds, data: D.CIFAR10, results_dir="res
 
 
 def finished_precision_runs(results_dir="results") -> dict[tuple[str, int], Run]:
-    """The finished runs under ``results/precision/``, by (precision, seed), read without training."""
+    """The finished runs under ``results/precision/<precision>/seed<N>``, by (precision, seed), read without
+    training; other folders there are ignored. A run that trained in another precision than its folder's
+    is refused by name (it would pair a run with itself)."""
     runs = {}
     for precision in PRECISIONS:
         for path in sorted((project_path(results_dir) / "precision" / precision).glob("seed*")):
-            if (path / "metrics.json").exists():
-                runs[precision, int(path.name[4:])] = load_run(path, weights=False)
+            match = _SEED_FOLDER.fullmatch(path.name)
+            if match and (path / "metrics.json").exists():
+                run = load_run(path, weights=False)
+                if run.config.precision != precision:
+                    raise ValueError(f"{shown_path(path)} trained in {run.config.precision}, not {precision}; move it "
+                                     "out of results/precision/ (precision_runs trains each seed in both precisions).")
+                runs[precision, int(match.group(1))] = run
     return runs
 
 
 def precision_table(runs: dict[tuple[str, int], Run]) -> pd.DataFrame:
     """One row per seed that has finished in both precisions: final test accuracy (after the last epoch)
-    in each, their difference (bf16 - fp32), and the seconds per epoch of each. Runs whose configuration
-    differs in anything but seed and precision from the first are refused (they would not be a pair)."""
-    if not runs:
-        return pd.DataFrame(columns=["fp32 (%)", "bf16 (%)", "bf16 - fp32", "fp32 s/epoch", "bf16 s/epoch"])
-    first = next(iter(runs.values())).config
-    for (precision, seed), run in runs.items():
-        other = set(run.config.differences(first)) - {"seed", "precision"}
-        if other:
-            raise ValueError(f"{run.path} differs from {next(iter(runs.values())).path} in {', '.join(sorted(other))}; "
-                             "a paired comparison needs the same configuration. Move it out of results/precision/.")
+    in each, their difference (bf16 - fp32), and the seconds per epoch of each; no rows before a pair has
+    finished. Runs whose configuration differs in anything but seed and precision from the first are
+    refused (they would not be a pair)."""
     rows = []
+    if runs:
+        first = next(iter(runs.values()))
+        for run in runs.values():
+            other = set(run.config.differences(first.config)) - {"seed", "precision"}
+            if other:
+                raise ValueError(f"{shown_path(run.path)} differs from {shown_path(first.path)} in "
+                                 f"{', '.join(sorted(other))}; a paired comparison needs the same configuration. "
+                                 "Move it out of results/precision/.")
     for seed in sorted({s for _, s in runs}):
         if not all((p, seed) in runs for p in PRECISIONS):
             continue
@@ -86,31 +100,35 @@ def precision_table(runs: dict[tuple[str, int], Run]) -> pd.DataFrame:
         rows.append({"seed": seed, "fp32 (%)": acc["fp32"], "bf16 (%)": acc["bf16"],
                      "bf16 - fp32": acc["bf16"] - acc["fp32"],
                      "fp32 s/epoch": speed["fp32"], "bf16 s/epoch": speed["bf16"]})
-    return pd.DataFrame(rows).set_index("seed")
+    return pd.DataFrame(rows, columns=["seed", *COLUMNS]).set_index("seed")
 
 
-def paired_fields(table: pd.DataFrame, run: Run | None = None) -> dict | None:
-    """The paired comparison in numbers: pairs, mean difference (bf16 - fp32, points), its standard
-    deviation over seeds, standard error, 95% interval (Student's t), and the seed-to-seed standard
+def paired_fields(table: pd.DataFrame, run: Run) -> dict | None:
+    """The paired comparison in numbers: pairs, mean difference (bf16 - fp32, points, recomputed from the
+    two accuracy columns), its standard deviation over seeds, standard error, 95% interval (Student's t)
+    and the verdict: within the noise when that interval holds zero. Beside it the seed-to-seed standard
     deviation within each precision, to set the difference against; ``run``, one of the pairs, says what
     was trained. None with fewer than two pairs."""
     n = len(table)
     if n < 2:
         return None
-    model = run.config.model if run else "fc"
-    diff = table["bf16 - fp32"]
+    if table[COLUMNS].isna().any().any():
+        raise ValueError("the paired table has missing values; re-run notebook 09 to tabulate the runs again")
+    model = run.config.model
+    diff = table["bf16 (%)"] - table["fp32 (%)"]
     se = diff.std() / math.sqrt(n)
     t = _T95.get(n - 1, 1.96)
-    within_sd = math.sqrt((table["fp32 (%)"].var() + table["bf16 (%)"].var()) / 2)
+    low, high = diff.mean() - t * se, diff.mean() + t * se
+    within = low <= 0 <= high
     return {"pairs": n, "seeds": ", ".join(str(s) for s in table.index), "diff": diff.mean(), "diff_sd": diff.std(),
-            "se": se, "ci_low": diff.mean() - t * se, "ci_high": diff.mean() + t * se, "t": t,
-            "lowest": diff.min(), "highest": diff.max(), "within_sd": within_sd,
+            "se": se, "ci_low": low, "ci_high": high, "t": t, "lowest": diff.min(), "highest": diff.max(),
+            "within_sd": math.sqrt((table["fp32 (%)"].var() + table["bf16 (%)"].var()) / 2),
             "fp32_mean": table["fp32 (%)"].mean(), "bf16_mean": table["bf16 (%)"].mean(),
-            "speedup": table["fp32 s/epoch"].mean() / table["bf16 s/epoch"].mean(),
-            "within": abs(diff.mean()) < 2 * se,
-            "verdict": "within the noise" if abs(diff.mean()) < 2 * se else "larger than the noise",
-            "model": model, "model_name": _model_name(model), "epochs": run.config.epochs if run else math.nan,
-            "train_images": f"{run.metrics['train_images']:,}" if run else "?"}
+            "speedup": table["fp32 s/epoch"].mean() / table["bf16 s/epoch"].mean(), "within": within,
+            "verdict": "within the noise (the interval holds zero)" if within
+                       else "larger than the noise (the interval excludes zero)",
+            "model": model, "model_name": _model_name(model), "epochs": run.config.epochs,
+            "train_images": f"{run.metrics['train_images']:,}"}
 
 
 def _model_name(model: str) -> str:
@@ -131,31 +149,26 @@ class PrecisionStudy:
 
 def precision_summary(results_dir="results") -> PrecisionStudy:
     """Notebook 09's paired bf16-fp32 section from the finished runs only (it trains nothing), its table
-    saved as ``results/studies/precision_paired.csv``."""
+    saved as ``results/studies/precision_paired.csv`` (header only before a pair has finished, so that no
+    older table outlives its runs)."""
     runs = finished_precision_runs(results_dir)
     table = precision_table(runs)
-    if len(table):
-        save_table(table, "precision_paired", results_dir)
-    fields = paired_fields(table, next(iter(runs.values())) if runs else None)
+    save_table(table, "precision_paired", results_dir)
+    fields = paired_fields(table, next(iter(runs.values()))) if runs else None
     text = fill("precision_paired", **fields) if fields else fill("precision_paired_few", pairs=len(table))
     return PrecisionStudy(table, fields, text)
 
 
 def measured_precision(results_dir="results") -> dict | None:
     """``paired_fields`` of the pairs notebook 09 last tabulated (``results/studies/precision_paired.csv``),
-    for the README, the paper and "What changed"; None before two pairs."""
+    for the README, the paper and "What changed"; None before two pairs, or where the runs are gone."""
     path = project_path(results_dir) / "studies" / "precision_paired.csv"
-    if not path.exists():
+    runs = finished_precision_runs(results_dir)
+    if not path.exists() or not runs:
         return None
     try:
         table = pd.read_csv(path).set_index("seed")
-        return paired_fields(table, first_run(results_dir))
-    except (KeyError, TypeError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise ValueError(f"{path} is not what notebook 09 writes ({type(exc).__name__}: {exc}); re-run notebook 09 "
-                         "to write it again, or restore it from git (git checkout -- <file>).") from None
-
-
-def first_run(results_dir="results") -> Run | None:
-    """The study's first finished run (what it trained, read without weights), or None."""
-    runs = finished_precision_runs(results_dir)
-    return next(iter(runs.values())) if runs else None
+        return paired_fields(table, next(iter(runs.values())))
+    except (KeyError, TypeError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise ValueError(f"{shown_path(path)} is not what notebook 09 writes ({type(exc).__name__}: {exc}); re-run "
+                         "notebook 09 to write it again, or restore it from git (git checkout -- <file>).") from None
