@@ -299,7 +299,7 @@ def jpeg_sensitivity(points: pd.DataFrame, cost: dict | None = None):
         xs = np.linspace(left, x.max(), 50)
         ax.plot(xs, base - cost["slope"] * xs, "--", color="0.3", lw=1, zorder=1,
                 label=f"line: {cost['slope']:.3f} points per unit")
-        readings = [(cost["estimate"], cost["estimate_se"], "o", "official images, read from the line", (6, 0))]
+        readings = [(cost["estimate"], cost["estimate_se"], "o", "line")]
         if cost.get("tangent") == cost.get("tangent"):         # a curve needs two qualities
             fitted = np.linspace(0, x.max(), 50)                  # the curve only where it was fitted
             ax.plot(fitted, base - cost["curve_a"] * fitted - cost["curve_b"] * fitted ** 2, ":", color="black",
@@ -307,14 +307,11 @@ def jpeg_sensitivity(points: pd.DataFrame, cost: dict | None = None):
             back = np.array([left, 0.0])
             ax.plot(back, base - cost["curve_a"] * back, "-.", color="black", lw=0.9, zorder=1,
                     label="its slope at the copy")
-            readings.append((cost["tangent"], cost["tangent_se"], "D", "official images, read from the slope",
-                             (6, -1)))
-        for value, se, marker, label, offset in readings:
+            readings.append((cost["tangent"], cost["tangent_se"], "D", "slope"))
+        for value, se, marker, name in readings:      # the values in the legend: nothing covers the lines
             ax.plot([left], [base + value], marker, markerfacecolor="white", markeredgecolor="black",
-                    markersize=5, linestyle="none", zorder=3, label=label)
-            ax.annotate(f"{value:+.1f} ± {se:.1f}", (left, base + value), xytext=offset, textcoords="offset points",
-                        va="center", fontsize=MIN_FONT, zorder=4,
-                        bbox={"facecolor": "white", "edgecolor": "none", "pad": 0.5})
+                    markersize=5, linestyle="none", zorder=3,
+                    label=f"official images, from the {name}: {value:+.1f} ± {se:.1f}")
         ax.axvline(0, color="0.8", lw=0.8, zorder=0)
     span = x.max() - left
     ax.set_xlim(left - 0.12 * span, x.max() + 0.2 * span)       # room for the last label
