@@ -87,6 +87,9 @@ def test_the_paired_difference_its_error_and_interval():
     assert abs(w["diff"]) > 2 * w["se"] and w["ci_low"] < 0 < w["ci_high"] and w["within"]
     same = table.assign(**{"bf16 (%)": table["fp32 (%)"]})                           # identical runs: no difference
     assert P.paired_fields(same, run)["within"]
+    assert f["unpaired_sd"] == pytest.approx(math.sqrt(2) * f["within_sd"]) and "pairing removes part" in f["pairing"]
+    loose = table.assign(**{"fp32 (%)": [75.0, 75.0, 75.0], "bf16 (%)": [74.0, 76.0, 75.0]})   # pairs as far apart as seeds
+    assert "pairing removes little" in P.paired_fields(loose, run)["pairing"]
     assert P.paired_fields(table.iloc[:1], run) is None
     with pytest.raises(ValueError, match="missing values"):
         P.paired_fields(table.assign(**{"bf16 (%)": [74.0, math.nan, 73.5]}), run)

@@ -80,7 +80,7 @@ def finished_precision_runs(results_dir="results") -> dict[tuple[str, int], Run]
 
 def precision_table(runs: dict[tuple[str, int], Run]) -> pd.DataFrame:
     """One row per seed that has finished in both precisions: final test accuracy (after the last epoch)
-    in each, their difference (bf16 - fp32), and the seconds per epoch of each; no rows before a pair has
+    in each, their difference (bf16 - fp32), and the median seconds per epoch of each; no rows before a pair has
     finished. Runs whose configuration differs in anything but seed and precision from the first are
     refused (they would not be a pair)."""
     rows = []
@@ -96,7 +96,7 @@ def precision_table(runs: dict[tuple[str, int], Run]) -> pd.DataFrame:
         if not all((p, seed) in runs for p in PRECISIONS):
             continue
         acc = {p: runs[p, seed].metrics["final_test_acc"] * 100 for p in PRECISIONS}
-        speed = {p: runs[p, seed].history["seconds"].mean() for p in PRECISIONS}
+        speed = {p: runs[p, seed].history["seconds"].median() for p in PRECISIONS}   # a busy epoch moves it less
         rows.append({"seed": seed, "fp32 (%)": acc["fp32"], "bf16 (%)": acc["bf16"],
                      "bf16 - fp32": acc["bf16"] - acc["fp32"],
                      "fp32 s/epoch": speed["fp32"], "bf16 s/epoch": speed["bf16"]})
@@ -107,7 +107,8 @@ def paired_fields(table: pd.DataFrame, run: Run) -> dict | None:
     """The paired comparison in numbers: pairs, mean difference (bf16 - fp32, points, recomputed from the
     two accuracy columns), its standard deviation over seeds, standard error, 95% interval (Student's t)
     and the verdict: within the noise when that interval holds zero. Beside it the seed-to-seed standard
-    deviation within each precision, to set the difference against; ``run``, one of the pairs, says what
+    deviation within each precision, and whether pairing narrowed the spread (the differences' standard
+    deviation below 0.7 of the sqrt(2) x that which two unrelated runs would show); ``run``, one of the pairs, says what
     was trained. None with fewer than two pairs."""
     n = len(table)
     if n < 2:
@@ -120,11 +121,15 @@ def paired_fields(table: pd.DataFrame, run: Run) -> dict | None:
     t = _T95.get(n - 1, 1.96)
     low, high = diff.mean() - t * se, diff.mean() + t * se
     within = low <= 0 <= high
+    within_sd = math.sqrt((table["fp32 (%)"].var() + table["bf16 (%)"].var()) / 2)
+    unpaired_sd = math.sqrt(2) * within_sd          # how far apart two unrelated runs lie
+    pairing = fill("pairing:helps" if diff.std() < 0.7 * unpaired_sd else "pairing:no_help",
+                   diff_sd=diff.std(), unpaired_sd=unpaired_sd)
     return {"pairs": n, "seeds": ", ".join(str(s) for s in table.index), "diff": diff.mean(), "diff_sd": diff.std(),
             "se": se, "ci_low": low, "ci_high": high, "t": t, "lowest": diff.min(), "highest": diff.max(),
-            "within_sd": math.sqrt((table["fp32 (%)"].var() + table["bf16 (%)"].var()) / 2),
+            "within_sd": within_sd, "unpaired_sd": unpaired_sd, "pairing": pairing,
             "fp32_mean": table["fp32 (%)"].mean(), "bf16_mean": table["bf16 (%)"].mean(),
-            "speedup": table["fp32 s/epoch"].mean() / table["bf16 s/epoch"].mean(), "within": within,
+            "speedup": table["fp32 s/epoch"].median() / table["bf16 s/epoch"].median(), "within": within,
             "verdict": "within the noise (the interval holds zero)" if within
                        else "larger than the noise (the interval excludes zero)",
             "model": model, "model_name": _model_name(model), "epochs": run.config.epochs,
