@@ -90,7 +90,7 @@ def test_differences_name_the_gap_and_the_measured_causes(tmp_path):
                       tmp_path / "jpeg" / "reference.json")
     text = results.differences(runs, tmp_path)
     # one quality: a line only, so the range is one number: 0.02 points per unit x 40 = 0.8
-    assert "estimates that pass to cost the final recipe about 0.8 points" in H.wording.unwrap(text)
+    assert "compressed once more: about 0.8 points (up to" in H.wording.unwrap(text)
     assert "up to about 2.4 points" in text      # 1.5 (seeds) + 0.8 + 2 x 0.065 (two standard errors)
 
 
