@@ -34,10 +34,10 @@ def _pct(x: float, digits: int = 1) -> str:
 
 _JPEG_FORMS = {"qualities": "{}", "seeds": "{}", "slope": "{:.3f}", "estimate": "{:.1f}", "estimate_se": "{:.1f}",
                "reference_psnr": "{:.1f}", "aligned_psnr": "{:.1f}", "reference_quality": "{}", "reference_shift": "{}",
-               "tangent": "{:.1f}", "tangent_se": "{:.1f}", "curve_a": "{:.4f}", "low": "{:.1f}", "high": "{:.1f}", "range": "{}",
+               "tangent": "{:.1f}", "tangent_se": "{:.1f}", "curve_a": "{:.4f}", "range": "{}",
                "bend": "{:.1f}", "bend_quality": "{}"}
 _PAIRED_FORMS = {"pairs": "{}", "model_name": "{}", "epochs": "{}", "diff": "{:+.2f}", "se": "{:.2f}",
-                 "ci_low": "{:+.2f}", "ci_high": "{:+.2f}", "within_sd": "{:.2f}", "verdict": "{}", "speedup": "{:.1f}",
+                 "ci_low": "{:+.2f}", "ci_high": "{:+.2f}", "within_sd": "{:.2f}", "verdict": "{}",
                  "train_images": "{}"}
 
 

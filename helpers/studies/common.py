@@ -1,4 +1,5 @@
-"""What every study shares: where its tables are written, and short names for dense prose."""
+"""What every study shares: where its tables are written, how a study that reads numbers only gets its
+runs, and short names for dense prose."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..files import atomic_write, project_path
+from ..training import Run, TrainConfig, fit, load_run
 
 
 def _studies_folder(results_dir) -> Path:
@@ -20,6 +22,16 @@ def save_table(table: pd.DataFrame, name: str, results_dir="results") -> Path:
     index = table.index.name is not None or not isinstance(table.index, pd.RangeIndex)
     atomic_write(path, lambda f: f.write(table.to_csv(index=index).encode()))
     return path
+
+
+def read_or_train(config: TrainConfig, data, run_name: str, results_dir="results", device=None) -> Run:
+    """A run of a study that reads numbers only: a finished one is loaded without its weights (they need
+    not be kept), else ``config`` is trained. ``data`` may be a function that makes the data set, so that
+    it is made only for a run that still has to train."""
+    folder = project_path(results_dir) / run_name
+    if (folder / "metrics.json").exists():
+        return load_run(folder, weights=False)
+    return fit(config, data() if callable(data) else data, run_name=run_name, results_dir=results_dir, device=device)
 
 
 SHORT_NAMES = {"fc": "FC", "avgpool": "AP", "avgpool_dropout": "AP+D"}     # models in dense evidence lists

@@ -24,9 +24,9 @@ from PIL import Image
 
 from .. import data as D
 from ..files import cached, digest, project_path, read_json, shown_path
-from ..training import Run, TrainConfig, fit, load_run
+from ..training import Run, TrainConfig, load_run
 from ..wording import fill
-from .common import save_table
+from .common import read_or_train, save_table
 
 
 def reencode(images: torch.Tensor, quality: int) -> torch.Tensor:
@@ -71,18 +71,14 @@ def jpeg_runs(config: TrainConfig, qualities, seeds, data: D.CIFAR10, results_di
     so that every quality has a run early. A finished run is read, not trained (its numbers only: the study
     needs no weights, so they need not be kept); a quality's copy is made only for an unfinished run."""
     copies: dict[int, D.CIFAR10] = {}
-    runs = {}
-    for seed in seeds:
-        for quality in qualities:
-            folder = project_path(results_dir) / run_name(quality, seed)
-            if (folder / "metrics.json").exists():
-                runs[quality, seed] = load_run(folder, weights=False)
-                continue
-            if quality not in copies:
-                copies[quality] = jpeg_copy(data, quality)
-            runs[quality, seed] = fit(dataclasses.replace(config, seed=seed), copies[quality],
-                                      run_name=run_name(quality, seed), results_dir=results_dir, device=device)
-    return runs
+
+    def copy(quality: int) -> D.CIFAR10:
+        if quality not in copies:
+            copies[quality] = jpeg_copy(data, quality)
+        return copies[quality]
+    return {(quality, seed): read_or_train(dataclasses.replace(config, seed=seed), lambda q=quality: copy(q),
+                                           run_name(quality, seed), results_dir, device)
+            for seed in seeds for quality in qualities}
 
 
 def distortion(data: D.CIFAR10, quality: int, results_dir="results") -> dict:

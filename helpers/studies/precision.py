@@ -19,9 +19,9 @@ import pandas as pd
 from .. import data as D
 from ..files import project_path, shown_path
 from ..models import VARIANTS
-from ..training import Run, TrainConfig, fit, load_run
+from ..training import Run, TrainConfig, load_run
 from ..wording import fill
-from .common import save_table
+from .common import read_or_train, save_table
 
 PRECISIONS = ("fp32", "bf16")
 # two-sided 95% quantiles of Student's t by degrees of freedom (scipy is not a dependency); 1.96 beyond 30
@@ -48,17 +48,9 @@ def precision_runs(config: TrainConfig, seeds, data: D.CIFAR10, results_dir="res
     """``config`` trained once per seed in each precision, seed by seed (so that every seed finished is a
     pair). A finished run is read, not trained; bf16 where the device does not compute it natively is
     emulated, correct but several times slower."""
-    runs = {}
-    for seed in seeds:
-        for precision in PRECISIONS:
-            folder = project_path(results_dir) / run_name(precision, seed)
-            if (folder / "metrics.json").exists():
-                runs[precision, seed] = load_run(folder, weights=False)
-                continue
-            runs[precision, seed] = fit(dataclasses.replace(config, seed=seed, precision=precision), data,
-                                        run_name=run_name(precision, seed), results_dir=results_dir,
-                                        device=device)
-    return runs
+    return {(precision, seed): read_or_train(dataclasses.replace(config, seed=seed, precision=precision), data,
+                                             run_name(precision, seed), results_dir, device)
+            for seed in seeds for precision in PRECISIONS}
 
 
 def finished_precision_runs(results_dir="results") -> dict[tuple[str, int], Run]:
