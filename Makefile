@@ -1,7 +1,8 @@
 # make test    - create .venv if needed, then run the test suite (offline, no CIFAR-10 needed)
 # make test-quick - the tests without the slow ones (notebooks, subprocesses): a first check in a minute or two
 # make report  - get the data and execute every notebook in order, in place (full protocol), then rewrite
-#                the README's results; ONLY="01 06" limits it to some notebooks, RESULTS=dir trains into another folder
+#                the README's results; ONLY="01 06" limits it to some notebooks, RESULTS=dir trains into another folder,
+#                with its notebooks, figures and paper in build/dir/ (the committed report stays as it is)
 # make quick   - a short CPU version (subset, few epochs) into build/quick, results-quick, figures-quick
 # make paper   - build the written report report/report.pdf from the results (seconds; make report ends with it)
 # make html    - export the executed notebooks to HTML in build/html
@@ -36,10 +37,20 @@ test-quick: $(STAMP)
 data: $(STAMP)
 	@$(PY) scripts/get_data.py
 
+# RESULTS=dir (other than results) is a trial: its notebooks, figures and paper go to build/dir/, so the
+# committed notebooks, figures, README and paper are never touched by it.
+TRIAL := build/$(notdir $(RESULTS))
 report: data
-	TQDM_DISABLE=1 $(PY) scripts/run_notebooks.py --in-place -p results_dir $(RESULTS) $(if $(ONLY),--only $(ONLY))
+ifeq ($(RESULTS),results)
+	TQDM_DISABLE=1 $(PY) scripts/run_notebooks.py --in-place $(if $(ONLY),--only $(ONLY))
 	$(PY) scripts/update_readme.py --results $(RESULTS)
 	$(PY) scripts/build_paper.py --results $(RESULTS)
+else
+	TQDM_DISABLE=1 $(PY) scripts/run_notebooks.py --output $(TRIAL)/notebooks -p results_dir $(RESULTS) \
+		-p figures_dir $(abspath $(TRIAL))/figures $(if $(ONLY),--only $(ONLY))
+	$(PY) scripts/build_paper.py --results $(RESULTS) --figures $(abspath $(TRIAL))/figures \
+		--tables $(abspath $(TRIAL))/tables --output $(abspath $(TRIAL))/report.pdf
+endif
 
 paper: $(STAMP)
 	$(PY) scripts/build_paper.py --results $(RESULTS)

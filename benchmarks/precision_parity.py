@@ -68,7 +68,7 @@ def main(argv=None):
              f"{args.train_subset or 50_000:,} training images; the full test set; data: {data.source}.", "",
              H.results.markdown_table(table, "{:.2f}"), "", f"Result: **{'PASS' if passed else 'FAIL'}**: {verdict}.",
              "", "Every run:", "", H.results.markdown_table(long, "{:.2f}")]
-    args.out.write_text("\n".join(lines) + "\n")
+    H.files.write_text(args.out, "\n".join(lines) + "\n")
     if args.out.resolve().parent == HERE:     # the README shows each recorded table in a section named after its file
         H.results.write_section(HERE / "README.md", args.out.stem, "\n".join(lines[2:]))
     print(f"written to {args.out}")

@@ -209,7 +209,7 @@ def main(argv=None):
             "", H.results.markdown_table(table)]
     if levers is not None:
         text += ["", "One lever at a time (project path):", "", H.results.markdown_table(levers)]
-    args.out.write_text("\n".join(text) + "\n")
+    H.files.write_text(args.out, "\n".join(text) + "\n")
     if args.out == HERE / "latest.md":
         H.results.write_section(HERE / "README.md", "train-speed", "\n".join(text[2:]))
     print(f"\nwritten to {args.out}")

@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from .evaluation import predict
-from .files import cached, digest
+from .files import cached, digest, weights_digest
 from .device import runnable_precision
-from .training import Run
+from .training import Run, check_measured_on
 
 BINS = 15
 SURE = 0.99          # "over 99% sure"
@@ -120,6 +120,7 @@ def calibration(run: Run, images: torch.Tensor, labels: torch.Tensor, device=Non
 
     The logits are the run's own test-time outputs (with its test-time augmentation, if any), in the
     run's precision where this device computes it natively, else fp32 (recorded)."""
+    check_measured_on(run, images)
     device = torch.device(device) if device is not None else torch.device("cpu")
 
     def measure():
@@ -134,7 +135,8 @@ def calibration(run: Run, images: torch.Tensor, labels: torch.Tensor, device=Non
                 "before": summary(logits, labels), "after": summary(scaled, labels),
                 "bins before": reliability(logits, labels).to_dict("list"),
                 "bins after": reliability(scaled, labels).to_dict("list")}
-    key = {"images": digest(images, labels), "config": run.config.identity(), "bins": BINS, "seed": seed}
+    key = {"images": digest(images, labels), "config": run.config.identity(), "bins": BINS, "seed": seed,
+           "weights": weights_digest(run.model)}
     return cached(run.path / "calibration.json", key, measure)
 
 

@@ -111,6 +111,12 @@ def load_cifar10(root=None, download: bool = True, verbose: bool = True) -> CIFA
     train = _read_split(folder, TRAIN_FILES)
     test = _read_split(folder, TEST_FILES)
     official = _is_official(folder)
+    _check_overlap(folder, train, test)
+    sizes = {"training": (len(train), 50_000), "test": (len(test), 10_000)}
+    odd = [f"{n:,} {split} images (CIFAR-10 has {full:,})" for split, (n, full) in sizes.items() if n != full]
+    if odd and verbose:
+        print(f"Note: {shown_path(folder)} holds {' and '.join(odd)}: not the whole data set. Runs trained on it, "
+              "and measurements of finished runs, are not comparable with the report's.")
     if not official and verbose and str(folder) not in _warned_unofficial:
         _warned_unofficial.add(str(folder))
         print(f"Note: {shown_path(folder)} is not the official CIFAR-10 archive (its MD5 sums differ). "
@@ -161,6 +167,11 @@ def _read_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
             batch = _BatchUnpickler(f, encoding="latin1").load()
     except IsADirectoryError:
         raise DataError(f"{shown_path(path)} is a folder, not a CIFAR-10 batch file. {again}") from None
+    except PermissionError:
+        raise DataError(f"{shown_path(path)} cannot be read: permission denied. Make it readable "
+                        f"(chmod u+r {path}), or point CIFAR10_ROOT at a copy you can read.") from None
+    except OSError as exc:
+        raise DataError(f"{shown_path(path)} cannot be read ({exc.strerror or exc}). {again}") from None
     except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
             IndexError, KeyError, MemoryError) as exc:
         raise DataError(f"{shown_path(path)} is truncated, corrupt or not a CIFAR-10 batch "
@@ -205,6 +216,36 @@ def _read_split(folder: Path, names: list[str]) -> ImageSet:
         raise DataError(f"{where} has no image of class {', '.join(absent)} ({len(split):,} images in all): "
                         f"the files are incomplete or not CIFAR-10. Replace them from the official archive ({ARCHIVE_URL}).")
     return split
+
+
+def _check_overlap(folder: Path, train: ImageSet, test: ImageSet, tolerated: int = 10) -> None:
+    """Refuse test images that are also training images (beyond ``tolerated``): a test batch copied over a
+    training batch would otherwise score a model on what it memorised. Candidates are found by hashing 256
+    fixed pixels of each image, then compared whole."""
+    if not len(train) or not len(test):
+        return
+    g = torch.Generator().manual_seed(0)
+    picks = torch.randperm(3 * 32 * 32, generator=g)[:256]
+    weights = torch.randint(1, 2 ** 31, (256,), generator=g, dtype=torch.int64)
+    def hashes(split):
+        return (split.images.reshape(len(split), -1)[:, picks].long() * weights).sum(1)
+    train_h, test_h = hashes(train), hashes(test)
+    candidates = torch.isin(test_h, train_h).nonzero().flatten()
+    if not len(candidates):
+        return
+    by_hash = {}
+    for i, h in enumerate(train_h.tolist()):
+        by_hash.setdefault(h, []).append(i)
+    flat_train = train.images.reshape(len(train), -1)
+    same = [int(t) for t in candidates.tolist()
+            if any(torch.equal(test.images[t].reshape(-1), flat_train[i]) for i in by_hash[test_h[t].item()])]
+    if len(same) > tolerated:
+        raise DataError(f"{len(same):,} of the {len(test):,} test images in {shown_path(folder)}/test_batch are also "
+                        "training images (data_batch_*): a batch was copied over another. Restore the files from "
+                        f"the official archive ({ARCHIVE_URL}).")
+    if same:
+        print(f"Note: {len(same)} test image(s) in {shown_path(folder)} also appear among the training images "
+              f"(test indices {', '.join(map(str, same[:5]))}).")
 
 
 def _is_official(folder: Path) -> bool:

@@ -3,6 +3,7 @@ natively (``precision="auto"`` resolves to bf16 only there), what is recorded ab
 every run, and the three-line setup banner that opens each notebook."""
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 
@@ -51,10 +52,25 @@ def runnable_precision(precision: str, device: torch.device) -> str:
     return precision if resolve_precision("auto", device) == precision else "fp32"
 
 
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one), else its architecture."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment(device: torch.device) -> dict:
-    """What a reader needs to trust a run: versions, device, threads."""
+    """What a reader needs to trust a run: versions, device, threads, the CPU's model, whether it computes
+    bf16 natively, its cores and the load on them when the run started (other work beside it slows a run)."""
     info = {"python": platform.python_version(), "torch": torch.__version__, "device": str(device),
-            "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine()}
+            "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
+            "cpu_model": cpu_model(), "native_bf16": cpu_has_native_bf16(), "cores": os.cpu_count()}
+    if hasattr(os, "getloadavg"):
+        info["load_at_start"] = round(os.getloadavg()[0], 2)
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 
 from .evaluation import eval_mode
-from .files import cached, digest, project_path
-from .training import Run
+from .files import cached, digest, project_path, weights_digest
+from .training import Run, check_measured_on
 
 CUT = "pool7"                                  # the maps are the input of this layer: 4x4 after conv7
 CENTRE = (slice(1, 3), slice(1, 3))            # the central 2x2 cells of a 4x4 map: the central 16x16 pixels
@@ -130,6 +130,9 @@ def cam_statistics(runs: dict[str, Run], images: torch.Tensor, labels: torch.Ten
     """Over all ``images``: each model's accuracy, its maps' share of evidence in the centre (predicted
     class, in percent; right and wrong answers apart) and the agreement between maps (mean correlation);
     kept in ``path`` (relative to the project, like every results path)."""
+    for run in runs.values():
+        check_measured_on(run, images)
+
     def measure():
         found = maps_for({name: run.model for name, run in runs.items()}, images, labels)
         models = {}
@@ -145,7 +148,8 @@ def cam_statistics(runs: dict[str, Run], images: torch.Tensor, labels: torch.Ten
         pairs = {f"{a} / {b}": _mean(agreement(found[a]["true_map"], found[b]["true_map"]), 1)
                  for i, a in enumerate(names) for b in names[i + 1:]}
         return {"models": models, "agreement (true class)": pairs, "images": len(labels)}
-    key = {"images": digest(images, labels), "runs": {name: run.config.identity() for name, run in runs.items()}}
+    key = {"images": digest(images, labels), "runs": {name: run.config.identity() for name, run in runs.items()},
+           "weights": {name: weights_digest(run.model) for name, run in runs.items()}}
     return cached(project_path(path), key, measure)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import socket
 import subprocess
 from pathlib import Path
@@ -39,6 +40,15 @@ def shown_path(path) -> Path:
     return path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path   # REPO_ROOT is resolved
 
 
+NOTEBOOK_NAME = re.compile(r"\d\d_[a-z0-9_]+")     # 06_results_analysis; not 06_...-Copy1 or *.running
+
+
+def numbered_notebooks(folder) -> list[Path]:
+    """The report's notebooks in ``folder``, in order: ``NN_name.ipynb`` only, so a Jupyter duplicate
+    (``-Copy1``) or a runner's leftover (``.running.ipynb``) is neither run nor listed."""
+    return sorted(p for p in Path(folder).glob("*.ipynb") if NOTEBOOK_NAME.fullmatch(p.stem))
+
+
 # ---------------------------------------------------------------- writing
 
 def atomic_write(path, write) -> None:
@@ -62,6 +72,55 @@ def atomic_write(path, write) -> None:
         raise
 
 
+def write_text(path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+class MarkerError(ValueError):
+    """A generated region of a hand-written file has a missing, doubled or misplaced marker."""
+
+
+def replace_sections(path, sections: dict[str, str]) -> None:
+    """Replace each generated region ``<!-- name:start -->`` ... ``<!-- name:end -->`` of a hand-written
+    file by its new text, all at once and atomically. Every marker must appear exactly once, each start
+    before its end, regions not nested: otherwise nothing is written and the error names the marker and
+    its lines, since guessing where a region ends could replace hand-written text."""
+    path = Path(path)
+    if not path.exists():
+        raise MarkerError(f"{shown_path(path)} does not exist; restore it from git (git checkout -- {path.name})")
+    text = path.read_text()
+    lines = text.splitlines()
+
+    def where(marker: str) -> list[int]:
+        return [i + 1 for i, line in enumerate(lines) if marker in line]
+    spans = []
+    for name in sections:
+        start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+        for marker in (start, end):
+            found = where(marker)
+            if len(found) != 1:
+                problem = "is missing" if not found else f"appears {len(found)} times (lines {', '.join(map(str, found))})"
+                raise MarkerError(f"{shown_path(path)}: the marker {marker} {problem}. Nothing was written: put "
+                                  f"exactly one {start} and one {end} around the generated region, then run again.")
+        a, b = text.index(start), text.index(end)
+        if b < a:
+            raise MarkerError(f"{shown_path(path)}: {end} (line {where(end)[0]}) comes before {start} (line "
+                              f"{where(start)[0]}). Nothing was written: put the start marker first.")
+        spans.append((a, b + len(end), name, start, end))
+    spans.sort()
+    for (_, b1, n1, *_), (a2, _, n2, *_) in zip(spans, spans[1:]):
+        if a2 < b1:
+            raise MarkerError(f"{shown_path(path)}: the regions {n1} and {n2} overlap. Nothing was written: close "
+                              f"each region before the next one starts.")
+    out, last = [], 0
+    for a, b, name, start, end in spans:
+        out += [text[last:a], f"{start}\n{sections[name].strip()}\n{end}"]
+        last = b
+    out.append(text[last:])
+    write_text(path, "".join(out))
+
+
 def save_json(obj, path) -> None:
     atomic_write(path, lambda f: f.write(json.dumps(obj, indent=2).encode()))
 
@@ -74,6 +133,49 @@ def read_json(path, what: str = "file"):
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{shown_path(path)} is not readable JSON ({exc}); this {what} was damaged. "
                          "Restore it from git (git checkout -- <file>) or from a backup.") from None
+
+
+# ---------------------------------------------------------------- the studies' tables, read back
+
+# The columns every reader of a study table relies on (results/studies/<name>.csv); none may be empty.
+STUDY_COLUMNS = {
+    "seeds": ["model", "seeds", "epochs", "best mean", "best sd", "best min", "best max", "final mean"],
+    "heads": ["model", "head", "epochs", "best acc", "best epoch", "final acc"],
+    "ladder": ["step", "change", "branch", "val acc", "parameters", "epochs", "val images", "eval only",
+               "within noise"],
+    "batchnorm_refresh": ["step", "change", "dropout", "gain"],
+    "seed_checks": ["claim", "seeds", "held", "evidence"],
+}
+
+
+def read_study_table(results_dir, name: str):
+    """``results_dir/studies/<name>.csv`` as a DataFrame, refused with its file named when it does not parse,
+    lacks a column its readers use, or has an empty cell there; the ladder's rows must be the ladder's
+    finished steps (``results_dir/ladder/<step>/``), so a truncated table cannot pass for a shorter ladder."""
+    import pandas as pd
+    path = project_path(results_dir) / "studies" / f"{name}.csv"
+    again = ("Re-run the notebook that writes it (make report ONLY=...), or restore it from git "
+             "(git checkout -- <file>).")
+    try:
+        table = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{shown_path(path)} is not a readable table ({type(exc).__name__}). {again}") from None
+    required = STUDY_COLUMNS.get(name, [])
+    missing = [c for c in required if c not in table.columns]
+    if missing:
+        raise ValueError(f"{shown_path(path)} lacks the column(s) {', '.join(missing)}. {again}")
+    empty = [c for c in required if table[c].isna().any()]
+    if empty or not len(table):
+        raise ValueError(f"{shown_path(path)} has " + (f"empty cells in {', '.join(empty)}" if empty else "no rows")
+                         + f": it was cut short or edited. {again}")
+    if name == "ladder":
+        trained = {p.parent.name for p in (project_path(results_dir) / "ladder").glob("*/metrics.json")}
+        steps = set(table["step"])
+        lost = sorted(trained - steps)
+        if lost:
+            raise ValueError(f"{shown_path(path)} lacks the finished ladder step(s) {', '.join(lost)}: it was cut "
+                             f"short. {again}")
+    return table
 
 
 # ---------------------------------------------------------------- one writer per folder
@@ -132,9 +234,12 @@ class FolderLock:
 
 # ---------------------------------------------------------------- measurements kept with their run
 
-def cached(path, key: dict, compute):
+def cached(path, key: dict, compute, check=None):
     """``compute()``'s JSON-able result, stored in ``path`` with ``key`` and read back while the key
-    matches, so that a measurement made once on a finished run is not repeated at every re-render."""
+    matches, so that a measurement made once on a finished run is not repeated at every re-render. A key
+    names everything the value depends on (a run's weights by ``weights_digest``, the images by ``digest``),
+    so a retrained run is measured again. A stored value that fails ``check`` (wrong shape: a damaged or
+    hand-edited file) is measured again, saying so."""
     path = Path(path)
     if path.exists():
         try:
@@ -142,11 +247,19 @@ def cached(path, key: dict, compute):
         except (json.JSONDecodeError, UnicodeDecodeError):
             stored = None                       # a damaged cache is measured again
         if isinstance(stored, dict) and stored.get("key") == key:
-            return stored["value"]
+            if check is None or check(stored.get("value")):
+                return stored["value"]
+            print(f"{shown_path(path)} does not hold what it should (damaged or edited); measuring again")
     value = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
     save_json({"key": key, "value": value}, path)
     return value
+
+
+def weights_digest(model) -> str:
+    """A SHA-1 of a model's weights and buffers, in the order of its state dict: the part of a cache key
+    that changes when a run is trained again."""
+    return digest(*(t.float() if t.is_floating_point() else t for t in model.state_dict().values()))
 
 
 def digest(*tensors) -> str:

@@ -9,12 +9,13 @@ from __future__ import annotations
 import json
 import math
 import re
+import tempfile
 from pathlib import Path
 
 import pandas as pd
 
 from . import results, studies, summary
-from .files import REPO_ROOT, atomic_write, project_path, shown_path
+from .files import REPO_ROOT, atomic_write, project_path, read_json, read_study_table, shown_path
 from .models import VARIANTS
 from .training import REFRESH_IMAGES, load_run
 
@@ -59,14 +60,14 @@ def tables(results_dir="results") -> dict[str, pd.DataFrame]:
         out["findings"] = pd.DataFrame([{"finding of the report": f["claim"], "holds": "yes" if f["holds"] else "no"}
                                         for f in results.findings(runs)])
     if (folder / "studies" / "seeds.csv").exists():
-        seeds = pd.read_csv(folder / "studies" / "seeds.csv")
+        seeds = read_study_table(folder, "seeds")
         out["seeds"] = pd.DataFrame({"model": seeds["model"], "seeds": seeds["seeds"].astype(str),
                                      "best mean": seeds["best mean"].map(_pct), "best sd": seeds["best sd"].map(
                                          lambda x: _pct(x, 2)), "best range": [f"{a:.1f}–{b:.1f}" for a, b in zip(
                                              seeds["best min"], seeds["best max"])],
                                      "final mean": seeds["final mean"].map(_pct)})
     if (folder / "studies" / "ladder.csv").exists():
-        ladder = pd.read_csv(folder / "studies" / "ladder.csv")
+        ladder = read_study_table(folder, "ladder")
         out["ladder"] = pd.DataFrame({
             "change": [("↳ " if b else "") + c for b, c in zip(ladder["branch"], ladder["change"])],
             "val acc": ladder["val acc"].map(_pct),
@@ -149,11 +150,11 @@ def fields(results_dir="results", notebooks_dir=REPO_ROOT / "notebooks") -> dict
         d.update(final_n=str(seeds["n"]), final_mean=f"{seeds['mean']:.2f}", final_low=f"{seeds['low']:.2f}",
                  final_one=f"{seeds['one_mean']:.2f}")
     if (folder / "studies" / "seeds.csv").exists():
-        s = pd.read_csv(folder / "studies" / "seeds.csv")
+        s = read_study_table(folder, "seeds")
         d.update(seed_count=str(int(s["seeds"].min())), seed_epochs=str(int(s["epochs"].max())),
                  seed_spread=f"{(s['best max'] - s['best min']).max():.1f}", seed_sd=f"{s['best sd'].max():.2f}")
     if (folder / "studies" / "ladder.csv").exists():
-        ladder = pd.read_csv(folder / "studies" / "ladder.csv")
+        ladder = read_study_table(folder, "ladder")
         rows = ladder.set_index("step")
         hyp = studies.hypothesis_fields(ladder) or {}
         d.update(ladder_images=f"{int(ladder['val images'].iloc[0]):,}", ladder_noise=str(int(ladder["within noise"].sum())), ladder_changes=str(int(ladder["gain"].notna().sum())),
@@ -169,13 +170,13 @@ def fields(results_dir="results", notebooks_dir=REPO_ROOT / "notebooks") -> dict
         d["cuts"] = "; ".join(f"{r['change']} {_signed(r['gain'])} points" for r in cuts)
         d["cuts_as_trained"] = "; ".join(f"{r['change']} {_signed(r['gain as trained'])}" for r in cuts)
     if (folder / "studies" / "final.json").exists():
-        info = json.loads((folder / "studies" / "final.json").read_text())
+        info = read_json(folder / "studies" / "final.json", "study's summary")
         d.update(final_parameters=f"{info['parameters']:,}", final_epochs=str(info["epochs"]))
         final_run = load_run(folder / "final", weights=False)
         d.update(final_images=f"{final_run.metrics['train_images']:,}", final_shift=str(final_run.config.tta_shift),
                  refresh_images=f"{REFRESH_IMAGES:,}")
         if (folder / "studies" / "ladder.csv").exists():
-            label = pd.read_csv(folder / "studies" / "ladder.csv").set_index("step").loc[info["step"], "change"]
+            label = read_study_table(folder, "ladder").set_index("step").loc[info["step"], "change"]
             d["final_change"] = label[2:] if label.startswith("+ ") else label
     cost = studies.jpeg.measured_cost(folder)            # the paper says "not measured yet" until it is
     d["jpeg_measured"] = "yes" if cost else "no"
@@ -212,6 +213,7 @@ def build(results_dir="results", output=None, tables_dir=TABLES, figures_dir="fi
     """Gather the fields and tables from ``results_dir``, export the tables to ``tables_dir``, and compile
     ``report/paper.typ`` with the figures of ``figures_dir`` into ``output`` (default ``report/report.pdf``,
     written atomically). Returns the PDF's path."""
+    results.check_results_folder(results_dir)
     data, found = fields(results_dir, notebooks_dir), tables(results_dir)
     source = PAPER.read_text()
     missing = sorted(used_fields(source) - {k for k, v in data.items() if v != ""})
@@ -221,13 +223,32 @@ def build(results_dir="results", output=None, tables_dir=TABLES, figures_dir="fi
     absent = sorted(set(re.findall(r'\btab\("(\w+)"', source)) - set(found))
     if absent:
         raise KeyError(f"{shown_path(PAPER)} shows the tables {', '.join(absent)}, which the results do not supply")
+    figures = project_path(figures_dir)
+    wanted = sorted(set(re.findall(r'\bfig\("(\w+)"', source)))
+    lost = [name for name in wanted if not (figures / f"{name}.pdf").exists()]
+    if lost:
+        raise KeyError(f"{shown_path(PAPER)} shows the figure(s) {', '.join(lost)}, which {shown_path(figures)} does "
+                       "not hold (run the notebook that draws them, or give --figures)")
     tables_dir = project_path(tables_dir)
+    tables_dir.mkdir(parents=True, exist_ok=True)
+    paper_json = json.dumps(data, indent=1, ensure_ascii=False)
+    with tempfile.TemporaryDirectory() as stage:      # compiled from a staged copy first:
+        export_tables(found, stage)                                # a failure leaves every output as it was
+        atomic_write(Path(stage) / "paper.json", lambda f: f.write(paper_json.encode()))
+        try:
+            pdf = _compile(stage, figures_dir)
+        except RuntimeError as exc:
+            raise PaperError(f"Typst could not compile {shown_path(PAPER)}: {str(exc).strip()[:400]}. Nothing was "
+                             "written.") from None
     export_tables(found, tables_dir)
-    atomic_write(tables_dir / "paper.json", lambda f: f.write(json.dumps(data, indent=1, ensure_ascii=False).encode()))
+    atomic_write(tables_dir / "paper.json", lambda f: f.write(paper_json.encode()))
     output = project_path(output) if output else REPO_ROOT / "report" / "report.pdf"
-    pdf = _compile(tables_dir, figures_dir)
     atomic_write(output, lambda f: f.write(pdf))
     return output
+
+
+class PaperError(RuntimeError):
+    """The paper could not be built; nothing was written."""
 
 
 def _compile(tables_dir, figures_dir, **options):

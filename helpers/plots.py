@@ -10,6 +10,7 @@ a re-run only shows up in git when a figure really changed.
 """
 from __future__ import annotations
 
+import io
 import os
 import textwrap
 from pathlib import Path
@@ -25,7 +26,7 @@ import pandas as pd
 import seaborn as sns
 
 from .data import CLASSES
-from .files import project_path
+from .files import atomic_write, project_path
 from .models import COLORS, MARKERS, VARIANTS
 
 DPI = 200
@@ -75,8 +76,14 @@ def save_figure(fig, name: str, folder=None) -> list[Path]:
     out = figures_dir(folder)
     out.mkdir(parents=True, exist_ok=True)
     png, pdf = out / f"{name}.png", out / f"{name}.pdf"
-    fig.savefig(png, dpi=DPI, metadata={"Software": None})
-    fig.savefig(pdf, metadata={"Creator": None, "Producer": None, "CreationDate": None})
+    images = {}
+    for path, options in ((png, {"dpi": DPI, "metadata": {"Software": None}}),
+                          (pdf, {"metadata": {"Creator": None, "Producer": None, "CreationDate": None}})):
+        buffer = io.BytesIO()               # drawn in memory first: a failed drawing replaces no file
+        fig.savefig(buffer, format=path.suffix[1:], **options)
+        images[path] = buffer.getvalue()
+    for path, content in images.items():    # each replaced whole (files.atomic_write), never half-written
+        atomic_write(path, lambda f, c=content: f.write(c))
     return [png, pdf]
 
 

@@ -13,10 +13,10 @@ import pandas as pd
 import torch
 
 from .evaluation import predict
-from .files import cached, digest, project_path
+from .files import cached, digest, project_path, read_study_table, replace_sections, shown_path, weights_digest
 from .models import VARIANTS
 from .device import runnable_precision
-from .training import Run, load_run
+from .training import Run, RunDataError, check_measured_on, load_run
 from .wording import fill
 
 # The original report's results (SPEC.md): one unseeded run per model on a Colab GPU.
@@ -37,25 +37,46 @@ def markdown_table(df: pd.DataFrame, floatfmt: str = "{:,.1f}") -> str:
 
 
 def write_section(path, name: str, text: str) -> None:
-    """Replace the text between ``<!-- name:start -->`` and ``<!-- name:end -->`` in a Markdown file
-    (appending the section if the markers are missing), so generated numbers live beside prose."""
-    path = Path(path)
-    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
-    old = path.read_text() if path.exists() else ""
-    block = f"{start}\n{text.strip()}\n{end}"
-    if start in old and end in old:
-        new = old[:old.index(start)] + block + old[old.index(end) + len(end):]
-    else:
-        new = old.rstrip() + "\n\n" + block + "\n"
-    path.write_text(new)
+    """Replace the generated region ``name`` of a Markdown file (``files.replace_sections``: refused, with
+    nothing written, if its markers are missing or doubled)."""
+    replace_sections(path, {name: text})
+
+
+class ResultsFolderError(ValueError):
+    """A results folder that does not exist or holds none of the report's runs."""
+
+
+def check_results_folder(results_dir="results") -> Path:
+    """``results_dir`` as a path, refused (``ResultsFolderError``, the same for every script) when it is not
+    a folder or holds no finished run of the report's models: a mistyped name must not empty a report."""
+    folder = project_path(results_dir)
+    if not folder.is_dir():
+        raise ResultsFolderError(f"the results folder {results_dir} does not exist (looked in {folder}). Give the "
+                                 "folder the notebooks trained into (--results results, the default).")
+    if not any((folder / name / "metrics.json").exists() for name in VARIANTS):
+        raise ResultsFolderError(f"the results folder {results_dir} holds none of the report's runs "
+                                 f"({', '.join(VARIANTS)}). Run notebooks 03-05 into it first, or give another "
+                                 "folder.")
+    return folder
+
+
+def check_run_name(run: Run, name: str, head: str = "linear") -> Run:
+    """``run`` if it holds the model its folder ``name`` says (model and head), else a ``RunDataError``: two
+    swapped folders would report each model with the other's numbers."""
+    if run.config.model != name or run.config.head != head:
+        raise RunDataError(f"{shown_path(run.path)} holds a run of {run.config.model} with the {run.config.head} head "
+                           f"(metrics.json), not {name} with the {head} head as its folder says. Move each run to "
+                           "the folder named after its model (git status shows what moved).")
+    return run
 
 
 def load_runs(results_dir="results", names=tuple(VARIANTS)) -> dict[str, Run]:
-    """The finished runs among ``names``; missing ones are reported and skipped."""
+    """The finished runs among ``names``, each checked against its folder's name; missing ones are reported
+    and skipped."""
     runs = {}
     for name in names:
         try:
-            runs[name] = load_run(Path(results_dir) / name)
+            runs[name] = check_run_name(load_run(Path(project_path(results_dir)) / name), name)
         except FileNotFoundError as exc:
             print(f"skipped {name}: {exc}")
     return runs
@@ -64,14 +85,15 @@ def load_runs(results_dir="results", names=tuple(VARIANTS)) -> dict[str, Run]:
 def author_head_runs(results_dir="results") -> dict[str, Run]:
     """Notebook 07's runs of models 2 and 3 with the author's 256-logit output, those that have finished."""
     names = [f"{n}_author_head" for n in VARIANTS if n != "fc"]
-    return {n: load_run(Path(project_path(results_dir)) / n) for n in names
-            if (project_path(results_dir) / n / "metrics.json").exists()}
+    return {n: check_run_name(load_run(Path(project_path(results_dir)) / n), n.removesuffix("_author_head"), "author")
+            for n in names if (project_path(results_dir) / n / "metrics.json").exists()}
 
 
 def test_predictions(run: Run, images: torch.Tensor, device=None) -> torch.Tensor:
     """The class ``run``'s final weights predict for each of ``images`` (normalised), with the run's own
     test-time options. Measured once and kept beside the run (``test_predictions.json``, with the
     precision it was computed in), keyed by the images, so a re-render reads it back."""
+    check_measured_on(run, images)
     device = torch.device(device) if device is not None else torch.device("cpu")
     def measure():
         precision = runnable_precision(run.config.precision, device)
@@ -79,9 +101,9 @@ def test_predictions(run: Run, images: torch.Tensor, device=None) -> torch.Tenso
                          tta_shift=run.config.tta_shift)
         run.model.cpu()
         return {"predicted": logits.argmax(1).cpu().tolist(), "precision": precision}
-    key = {"images": digest(images),
-           "config": run.config.identity()}
-    return torch.tensor(cached(run.path / "test_predictions.json", key, measure)["predicted"])
+    key = {"images": digest(images), "config": run.config.identity(), "weights": weights_digest(run.model)}
+    ok = lambda v: isinstance(v, dict) and isinstance(v.get("predicted"), list) and len(v["predicted"]) == len(images)  # noqa: E731
+    return torch.tensor(cached(run.path / "test_predictions.json", key, measure, check=ok)["predicted"])
 
 
 def _split(run: Run) -> str:
@@ -297,13 +319,13 @@ def differences(runs: dict[str, Run], results_dir="results") -> str:
     studies = project_path(results_dir) / "studies"
     spread = None
     if (studies / "seeds.csv").exists():
-        seeds = pd.read_csv(studies / "seeds.csv")
+        seeds = read_study_table(results_dir, "seeds")
         spread = float((seeds["best max"] - seeds["best min"]).max())
         causes.append(fill("results:cause_seed", seeds=int(seeds["seeds"].min()), spread=spread))
     else:
         causes.append(fill("results:cause_seed_unmeasured"))
     if (studies / "heads.csv").exists():
-        heads = pd.read_csv(studies / "heads.csv").set_index(["model", "head"])["best acc"]
+        heads = read_study_table(results_dir, "heads").set_index(["model", "head"])["best acc"]
         deltas = [fill("results:head_delta", delta=heads[m, "author"] - heads[m, "10-way"], model=m)
                   for m in heads.index.get_level_values(0).unique() if (m, "author") in heads and (m, "10-way") in heads]
         causes.append(fill("results:cause_head", deltas=", ".join(deltas)))

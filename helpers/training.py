@@ -47,6 +47,10 @@ COMPUTE_FIELDS = ("precision",)
 # out while they have that value.
 ADDED_FIELDS = {"bn_refresh": False}
 
+# Fields added after the first runs were stored: a configuration saved before them loads with their defaults.
+LATER_FIELDS = {"bn_refresh", "momentum", "bias_lr", "dirac", "bn_scale", "bn_momentum", "logit_scale", "convs",
+                "optimizer", "whiten", "lookahead", "crop_pad", "tta_shift", "eval_each_epoch"}
+
 # bn_refresh re-measures BatchNorm statistics on this many training images (class-balanced)
 REFRESH_IMAGES = 10_000
 
@@ -147,8 +151,15 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, saved: dict) -> "TrainConfig":
-        """A saved configuration; fields added to the class since it was saved take their defaults."""
+        """A saved configuration; fields added to the class since the first runs (``LATER_FIELDS``) take their
+        defaults when absent. Any other absent field is an error: filling in a default would make the file
+        say something it does not say."""
         known = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(saved, dict):
+            raise TypeError(f"a configuration is a JSON object of fields, not {type(saved).__name__}")
+        absent = [name for name in known - LATER_FIELDS if name not in saved]
+        if absent:
+            raise ValueError(f"the field(s) {', '.join(sorted(absent))} are missing")
         return cls(**{k: v for k, v in saved.items() if k in known})
 
     def identity(self) -> dict:
@@ -235,6 +246,17 @@ class Run:
     model: torch.nn.Module
 
 
+def check_measured_on(run: Run, images) -> None:
+    """Refuse to measure ``run`` on a set of another size than the one it was evaluated on (metrics.json): an
+    incomplete data folder would otherwise replace the run's kept measurements with ones of a smaller set."""
+    split = run.config.eval_split
+    expected = run.metrics.get(f"{split}_images")
+    if expected is not None and len(images) != expected:
+        raise RunDataError(f"{shown_path(run.path)} was evaluated on {expected:,} {split} images (metrics.json), but "
+                           f"{len(images):,} were given: the data folder is incomplete or another one. Its kept "
+                           "measurements are left as they are; point CIFAR10_ROOT at the complete data set.")
+
+
 def _read_run_json(path: Path, what: str) -> dict:
     try:
         return read_json(path, what)
@@ -267,11 +289,43 @@ def load_run(path, weights: bool = True) -> Run:
         except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
             raise RunDataError(f"{shown_path(weights_file)} cannot be read as this run's weights "
                                f"({type(exc).__name__}: {str(exc)[:200]}). Restore it from git or a backup.") from None
-    history_file = path / "history.csv"
+    return Run(path, config, read_history(path / "history.csv", config, metrics), metrics, model)
+
+
+def read_history(history_file: Path, config: TrainConfig, metrics: dict) -> pd.DataFrame:
+    """A finished run's history, checked against its ``metrics.json``: the columns a run writes, one row per
+    epoch of its configuration, and the final (and best) accuracy that metrics.json records. A hand-edited
+    or damaged file is refused by name rather than reported."""
+    again = "Restore it from git (git checkout -- <file>) or a backup."
+    shown = shown_path(history_file)
     if not history_file.exists():
-        raise RunDataError(f"{shown_path(history_file)} is missing from a finished run; restore it from git or "
-                           "a backup.")
-    return Run(path, config, pd.read_csv(history_file), metrics, model)
+        raise RunDataError(f"{shown} is missing from a finished run. {again}")
+    try:
+        history = pd.read_csv(history_file)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, ValueError) as exc:
+        raise RunDataError(f"{shown} cannot be read as a run's history ({type(exc).__name__}: "
+                           f"{str(exc)[:120]}). {again}") from None
+    split = config.eval_split
+    columns = ["epoch", "train_loss", "train_acc", f"{split}_loss", f"{split}_acc", "seconds"]
+    missing = [c for c in columns if c not in history.columns]
+    if missing:
+        raise RunDataError(f"{shown} lacks the column(s) {', '.join(missing)} (it has {', '.join(map(str, history.columns))}). "
+                           f"{again}")
+    if history["epoch"].tolist() != list(range(1, config.epochs + 1)):
+        raise RunDataError(f"{shown} holds {len(history)} rows (epochs {history['epoch'].tolist()[:3]}...), but the run "
+                           f"trained epochs 1 to {config.epochs} (metrics.json). {again}")
+    try:
+        accuracy = pd.to_numeric(history[f"{split}_acc"], errors="raise")
+    except (ValueError, TypeError):
+        raise RunDataError(f"{shown}: the column {split}_acc holds something that is not a number. {again}") from None
+    recorded = {"final": (metrics.get(f"final_{split}_acc"), accuracy.iloc[-1])}
+    if config.eval_each_epoch:
+        recorded["best"] = (metrics.get(f"best_{split}_acc"), accuracy.max())
+    for what, (stored, found) in recorded.items():
+        if stored is not None and not abs(stored - found) < 1e-6:
+            raise RunDataError(f"{shown} gives a {what} {split} accuracy of {found:.4f}, but metrics.json records "
+                               f"{stored:.4f}: one of the two was edited. {again}")
+    return history
 
 
 def make_model(config: TrainConfig) -> torch.nn.Module:

@@ -19,16 +19,21 @@ notebook in place (the partial copy stays beside it for inspection).
 """
 import argparse
 import ast
+import atexit
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import nbformat
 import papermill as pm
 
-from helpers.files import shown_path
+from nbclient.exceptions import DeadKernelError
+
+from helpers.files import numbered_notebooks, shown_path
 
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 TEXT = NOTEBOOKS.parent / "report" / "text" / "notebooks"
@@ -83,7 +88,15 @@ def kernel_config():
     """Local kernels talk over IPC sockets where the OS has them: nothing is sent over TCP, and the kernel
     does not warn about unencrypted TCP at every start."""
     from traitlets.config import Config
-    return Config({"KernelManager": {"transport": "ipc"}}) if os.name == "posix" else Config()
+    if os.name != "posix":
+        return Config()
+    # the sockets live in a private temporary folder, not in notebooks/ (the kernel's working folder), so a
+    # killed run leaves nothing there
+    sockets = Path(tempfile.gettempdir()) / f"cifar10-report-kernel-{os.getpid()}"
+    if not sockets.exists():
+        sockets.mkdir(mode=0o700)
+        atexit.register(shutil.rmtree, sockets, ignore_errors=True)
+    return Config({"KernelManager": {"transport": "ipc", "ip": str(sockets / "kernel-ipc")}})
 
 
 def tidy_metadata(executed: Path, source: Path, target: Path) -> None:
@@ -106,42 +119,89 @@ def parse_value(text: str):
         return text
 
 
+def select(only, names: list[str]) -> list[str]:
+    """The notebooks ``--only`` names (``03`` or ``3``), in order; an unknown number is an error that lists
+    the notebooks."""
+    if not only:
+        return names
+    wanted = {str(x).zfill(2) for x in only}
+    unknown = sorted(wanted - {name[:2] for name in names})
+    if unknown:
+        raise SystemExit(f"run_notebooks.py: no notebook numbered {', '.join(unknown)}; the notebooks are:\n  "
+                         + "\n  ".join(names))
+    return [name for name in names if name[:2] in wanted]
+
+
+def check_parameters(params: dict, names: list[str]) -> None:
+    """Refuse a -p name that no notebook declares: it would be dropped without a word."""
+    declared = set()
+    for name in names:
+        declared |= set(declared_parameters(source(name)))
+    unknown = sorted(set(params) - declared)
+    if unknown:
+        raise SystemExit(f"run_notebooks.py: no notebook declares the parameter(s) {', '.join(unknown)}; the "
+                         f"declared ones are: {', '.join(sorted(declared))}")
+
+
+def tidy_sockets() -> None:
+    """Remove IPC socket files that runs killed before this version (which kept them in notebooks/) left there."""
+    for path in NOTEBOOKS.glob("kernel-ipc-*"):
+        if path.is_socket() or (path.is_file() and not path.stat().st_size):
+            path.unlink(missing_ok=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     where = ap.add_mutually_exclusive_group(required=True)
     where.add_argument("--in-place", action="store_true", help="overwrite notebooks/ with the executed copies")
     where.add_argument("--output", type=Path, help="write executed copies to this folder")
     ap.add_argument("-p", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"))
-    ap.add_argument("--only", nargs="*", help="notebook number prefixes to run, e.g. 01 06")
+    ap.add_argument("--only", nargs="*", help="notebook numbers to run, e.g. 01 06")
     args = ap.parse_args(argv)
     params = {k: parse_value(v) for k, v in args.p}
-    names = sorted({p.stem for p in NOTEBOOKS.glob("[0-9][0-9]_*.ipynb") if not p.name.endswith(".running.ipynb")}
-                   | set(RENDERED))
-    if args.only:
-        names = [name for name in names if name[:2] in args.only]
-    notebooks = [NOTEBOOKS / f"{name}.ipynb" for name in names]
+    everything = sorted({p.stem for p in numbered_notebooks(NOTEBOOKS)} | set(RENDERED))
+    check_parameters(params, everything)
+    names = select(args.only, everything)
     if args.output:
         args.output.mkdir(parents=True, exist_ok=True)
-    for nb in notebooks:
-        out = nb if args.in_place else args.output / nb.name
-        running = out.with_name(out.stem + ".running.ipynb")   # renamed over `out` only on success
-        src = source(nb.stem)
-        declared = declared_parameters(src)
-        own = {k: v for k, v in params.items() if k in declared and declared[k] != v}
-        start = time.perf_counter()
-        print(f"{nb.name}: running with {own or 'its defaults'}", flush=True)
-        try:
-            pm.execute_notebook(src if not isinstance(src, Path) else str(src), str(running), parameters=own, cwd=str(NOTEBOOKS), progress_bar=False,
-                                kernel_name="python3", config=kernel_config())
-        except pm.PapermillExecutionError as exc:
-            print(f"{nb.name} stopped: {exc.ename}: {exc.evalue}\n(the partial notebook is "
-                  f"{shown_path(running)}; {shown_path(out)} is unchanged)", file=sys.stderr)
-            return 1
-        tidy_metadata(running, source=src if isinstance(src, Path) else NOTEBOOKS / "templates" / RENDERED[nb.stem][0],
-                     target=out)
-        os.replace(running, out)
-        print(f"{nb.name}: done in {time.perf_counter() - start:.0f} s -> {shown_path(out)}", flush=True)
+    tidy_sockets()
+    try:
+        for name in names:
+            if run_one(NOTEBOOKS / f"{name}.ipynb", params, args):
+                return 1
+    except KeyboardInterrupt:
+        print("\nstopped (Ctrl-C). Every finished notebook is in place; the interrupted one is unchanged, and a "
+              "training run in it resumes from its last checkpoint when you run again.", file=sys.stderr)
+        return 130
     return 0
+
+
+def run_one(nb: Path, params: dict, args) -> bool:
+    """Execute one notebook into NAME.running.ipynb and rename it over its target on success; True if it failed."""
+    out = nb if args.in_place else args.output / nb.name
+    running = out.with_name(out.stem + ".running.ipynb")   # renamed over `out` only on success
+    src = source(nb.stem)
+    declared = declared_parameters(src)
+    own = {k: v for k, v in params.items() if k in declared and declared[k] != v}
+    start = time.perf_counter()
+    print(f"{nb.name}: running with {own or 'its defaults'}", flush=True)
+    kept = f"(the partial notebook is {shown_path(running)}; {shown_path(out)} is unchanged)"
+    try:
+        pm.execute_notebook(src if not isinstance(src, Path) else str(src), str(running), parameters=own,
+                            cwd=str(NOTEBOOKS), progress_bar=False, kernel_name="python3", config=kernel_config())
+    except pm.PapermillExecutionError as exc:
+        print(f"{nb.name} stopped: {exc.ename}: {exc.evalue}\n{kept}", file=sys.stderr)
+        return True
+    except DeadKernelError:
+        print(f"{nb.name} stopped: its Python kernel died (out of memory, or killed). {kept} A training run "
+              "resumes from its last checkpoint; with too little memory, close other programs or use a smaller "
+              "batch.", file=sys.stderr)
+        return True
+    tidy_metadata(running, source=src if isinstance(src, Path) else NOTEBOOKS / "templates" / RENDERED[nb.stem][0],
+                  target=out)
+    os.replace(running, out)
+    print(f"{nb.name}: done in {time.perf_counter() - start:.0f} s -> {shown_path(out)}", flush=True)
+    return False
 
 
 if __name__ == "__main__":

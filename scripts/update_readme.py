@@ -9,6 +9,7 @@ README never carries a number typed by hand. `make report` runs this last.
 """
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import nbformat
@@ -39,7 +40,7 @@ def notebook_times(results: Path) -> str:
     """Wall time of each notebook's last execution and the time its training runs take undisturbed
     (epochs x median epoch): a notebook that loads finished runs takes seconds or minutes."""
     rows = []
-    for nb_path in sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb")):
+    for nb_path in H.files.numbered_notebooks(REPO / "notebooks"):
         meta = nbformat.read(nb_path, as_version=4).metadata.get("papermill", {})
         if not meta.get("duration"):
             continue
@@ -70,16 +71,16 @@ def follow_up(results: Path) -> str:
     if (studies / "final.json").exists() or (studies / "ladder.csv").exists():
         parts += [say("past_90"), ""]
     if (studies / "final.json").exists():
-        info = json.loads((studies / "final.json").read_text())
+        info = H.files.read_json(studies / "final.json", "study's summary")
         parts += [H.studies.final_summary(info, budget_minutes=20), ""]
         seed_table = H.studies.final_seed_table(H.studies.finished_final_seeds(results))
         if len(seed_table) > 1:         # one run is an anecdote: the recipe over its seeds, beside it
             parts += [H.wording.fill("final_seeds", **H.studies.final_seed_fields(seed_table)), ""]
     if (studies / "ladder.csv").exists():
-        ladder = pd.read_csv(studies / "ladder.csv")
-        refresh = (pd.read_csv(studies / "batchnorm_refresh.csv")
+        ladder = H.files.read_study_table(results, "ladder")
+        refresh = (H.files.read_study_table(results, "batchnorm_refresh")
                    if (studies / "batchnorm_refresh.csv").exists() else None)
-        first = json.loads((REPO / results / "ladder" / ladder["step"].iloc[0] / "config.json").read_text())
+        first = H.files.read_json(REPO / results / "ladder" / ladder["step"].iloc[0] / "config.json", "run's configuration")
         parts += [say("ladder_intro", validation=first["validation"]), "",
                   H.results.markdown_table(ladder.assign(
                       change=["&nbsp;&nbsp;&nbsp;&nbsp;" * b + c for b, c in zip(ladder["branch"], ladder["change"])],
@@ -95,17 +96,17 @@ def follow_up(results: Path) -> str:
         if len(seeds):
             parts += [say("what_changed"), "", H.studies.what_changed(ladder, seeds, results), ""]
     if (studies / "seeds.csv").exists():
-        seeds = pd.read_csv(studies / "seeds.csv")
+        seeds = H.files.read_study_table(results, "seeds")
         parts += [say("seeds", seeds=int(seeds["seeds"].min()), epochs=int(seeds["epochs"].max())), "",
                   H.results.markdown_table(seeds[["model", "best mean", "best sd", "best min", "best max",
                                                   "final mean", "lowest loss epochs"]], "{:.2f}"), "",
                   H.studies.seed_spread(seeds.set_index("model")), ""]
         if (studies / "seed_checks.csv").exists():
-            checks = pd.read_csv(studies / "seed_checks.csv").to_dict("records")
+            checks = H.files.read_study_table(results, "seed_checks").to_dict("records")
             parts += [H.studies.seed_checks_markdown(checks), ""]
         parts += ["![Seeds](figures/seeds.png)", ""]
     if (studies / "heads.csv").exists():
-        heads = pd.read_csv(studies / "heads.csv")
+        heads = H.files.read_study_table(results, "heads")
         parts += [say("heads", epochs=int(heads["epochs"].max())), "", H.studies.head_findings(heads), "",
                   "![The author's head](figures/author_head.png)", ""]
     parts += [learned(results)]
@@ -164,14 +165,16 @@ def main(argv=None):
     ap.add_argument("--results", default="results")
     args = ap.parse_args(argv)
     results = Path(args.results)
-    runs = H.results.load_runs(results)
-    parts = [results_section(runs, results), "",
-             say("times_intro"), "",
-             notebook_times(results)]
-    H.results.write_section(REPO / "README.md", "headline", headline(runs, results))
-    H.results.write_section(REPO / "README.md", "results", "\n".join(parts))
-    H.results.write_section(REPO / "README.md", "follow-up", follow_up(results))
-    print("README.md results section updated")
+    try:     # everything is checked and built in memory first; the README is then replaced in one write
+        H.results.check_results_folder(results)
+        runs = H.results.load_runs(results)
+        parts = [results_section(runs, results), "", say("times_intro"), "", notebook_times(results)]
+        sections = {"headline": headline(runs, results), "results": "\n".join(parts),
+                    "follow-up": follow_up(results)}
+        H.files.replace_sections(REPO / "README.md", sections)
+    except (ValueError, OSError, RuntimeError, KeyError) as exc:
+        sys.exit(f"README.md was not changed: {exc}")
+    print("README.md results sections updated")
 
 
 if __name__ == "__main__":

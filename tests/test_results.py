@@ -75,7 +75,9 @@ def test_differences_name_the_gap_and_the_measured_causes(tmp_path):
     assert "best 77.0% (author 77.3%, -0.3 points)" in text and "JPEG re-encoding" in text
     assert "measured in notebook 08" in text and "account for" not in text
     (tmp_path / "studies").mkdir()
-    pd.DataFrame({"model": ["a", "b"], "seeds": [3, 3], "best min": [70.0, 75.0], "best max": [71.0, 76.5]}).to_csv(
+    pd.DataFrame({"model": ["a", "b"], "seeds": [3, 3], "epochs": [30, 30], "best mean": [70.5, 75.7],
+                  "best sd": [0.5, 0.7], "best min": [70.0, 75.0], "best max": [71.0, 76.5],
+                  "final mean": [70.0, 75.0]}).to_csv(
         tmp_path / "studies" / "seeds.csv", index=False)
     runs["avgpool"].history["test_acc"] = 0.70     # 10 points below the author's 80.0
     text = results.differences(runs, tmp_path)

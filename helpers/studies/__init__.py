@@ -6,6 +6,7 @@
 * ``final``: the final model chosen from the ladder, and its recipe over seeds (notebook 09).
 * ``jpeg``: what JPEG compression costs: the final recipe on the copy compressed once more (issue 17).
 * ``precision``: bf16 against fp32 with the same seeds in both, paired (issue 17).
+* ``gap``: the gap to the author at epoch 10 split by experiment: precision, JPEG, the rest (issue 30).
 * ``checked``: what changed when the conclusions were checked, each correction with its size (notebook 09).
 * ``common``: where the studies write their tables.
 
@@ -20,5 +21,5 @@ from .heads import head_findings, head_table, unused_logit_share  # noqa: F401
 from .ladder import (EVAL_ONLY, Step, accuracy_se, airbench_optimiser, batchnorm_refresh,  # noqa: F401
                      batchnorm_refresh_findings, default_ladder, hypothesis_fields, hypothesis_verdict,
                      ladder_configs, ladder_findings, run_ladder, with_noise)
-from . import jpeg, precision  # noqa: F401
+from . import gap, jpeg, precision  # noqa: F401
 from .seeds import history_prefix, seed_checks, seed_checks_markdown, seed_spread, seed_study, seed_table  # noqa: F401

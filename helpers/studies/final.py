@@ -11,7 +11,7 @@ import torch
 
 from .. import data as D
 from ..evaluation import evaluate
-from ..files import cached, digest, project_path, read_json, save_json
+from ..files import cached, digest, project_path, read_json, save_json, weights_digest
 from ..device import runnable_precision
 from ..training import Run, TrainConfig, fit, load_run
 from ..wording import fill, pieces, unwrap
@@ -115,7 +115,7 @@ def one_view_accuracy(run: Run, images: torch.Tensor | None, labels: torch.Tenso
         accuracy = evaluate(run.model.to(device), images, labels.to(device), precision=precision)["accuracy"]
         run.model.cpu()
         return {"accuracy": accuracy * 100, "precision": precision}
-    key = {"images": digest(images, labels), "config": run.config.identity()}
+    key = {"images": digest(images, labels), "config": run.config.identity(), "weights": weights_digest(run.model)}
     return cached(run.path / "one_view.json", key, measure)["accuracy"]
 
 

@@ -6,7 +6,7 @@ import pandas as pd
 import torch
 
 from ..evaluation import device_of, predict
-from ..files import cached, digest
+from ..files import cached, digest, weights_digest
 from ..models import VARIANTS
 from ..device import runnable_precision
 from ..training import Run
@@ -27,8 +27,7 @@ def unused_logit_share(run: Run, images: torch.Tensor) -> dict:
                 "predictions outside 0-9 %": 100 * (probs.argmax(1) >= 10).float().mean().item(),
                 "largest class output": logits[:, :10].max(1).values.mean().item(),
                 "largest unused output": logits[:, 10:].max(1).values.mean().item(), "precision": precision}
-    key = {"images": digest(images),
-           "config": run.config.identity()}
+    key = {"images": digest(images), "config": run.config.identity(), "weights": weights_digest(run.model)}
     measured = cached(run.path / "unused_outputs.json", key, measure)
     return {k: v for k, v in measured.items() if k != "precision"}
 

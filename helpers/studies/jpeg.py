@@ -51,6 +51,11 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return math.inf if mse == 0 else 10 * math.log10(255 ** 2 / mse)
 
 
+def psnr_to_mse(db: float) -> float:
+    """The mean squared error (in squared 8-bit levels) that a PSNR in dB stands for."""
+    return 255 ** 2 / 10 ** (db / 10)
+
+
 def jpeg_copy(data: D.CIFAR10, quality: int) -> D.CIFAR10:
     """``data`` with every training and test image passed through JPEG once more at ``quality``; its
     ``source`` says so. A few seconds per 10,000 images."""
@@ -113,7 +118,7 @@ def jpeg_table(baseline: pd.DataFrame, runs: dict[tuple[int, int], Run], psnrs: 
     for quality in sorted({q for q, _ in runs}, reverse=True):
         acc = pd.Series([r.metrics["final_test_acc"] * 100 for (q, _), r in runs.items() if q == quality])
         p = psnrs[quality]["test psnr"]
-        rows.append({"quality": str(quality), "psnr (dB)": p, "added mse": 255 ** 2 / 10 ** (p / 10), "seeds": len(acc),
+        rows.append({"quality": str(quality), "psnr (dB)": p, "added mse": psnr_to_mse(p), "seeds": len(acc),
                      "test acc (%)": acc.mean(), "sd": acc.std() if len(acc) > 1 else math.nan,
                      "se": acc.std() / math.sqrt(len(acc)) if len(acc) > 1 else math.nan,
                      "drop": base.mean() - acc.mean()})
@@ -165,7 +170,7 @@ def jpeg_fields(table: pd.DataFrame, reference: dict) -> dict | None:
     x, y, n = (rows[c].to_numpy(float) for c in ("added mse", "drop", "seeds"))
     # every drop is a quality's mean less the copy's mean: independent seeds, one shared copy mean
     drop_cov = sd ** 2 * (np.diag(1 / n) + 1 / float(copy["seeds"]))
-    mse = 255 ** 2 / 10 ** (reference["psnr"] / 10)
+    mse = psnr_to_mse(reference["psnr"])
 
     def read(design: np.ndarray, at: np.ndarray) -> tuple[np.ndarray, float, float]:
         """Least squares of the drops on ``design``: the coefficients, ``at`` . coefficients and its se."""
@@ -198,7 +203,7 @@ def jpeg_points(baseline: pd.DataFrame, runs: dict[tuple[int, int], Run], psnrs:
     seed, the mean squared error its images carry beyond the copy's, and its test accuracy."""
     rows = [{"quality": "copy as it is", "seed": seed, "added mse": 0.0, "test acc (%)": acc}
             for seed, acc in baseline["test acc (%)"].items()]
-    rows += [{"quality": str(q), "seed": s, "added mse": 255 ** 2 / 10 ** (psnrs[q]["test psnr"] / 10),
+    rows += [{"quality": str(q), "seed": s, "added mse": psnr_to_mse(psnrs[q]["test psnr"]),
               "test acc (%)": r.metrics["final_test_acc"] * 100} for (q, s), r in sorted(runs.items())]
     return pd.DataFrame(rows)
 

@@ -12,7 +12,7 @@ import pandas as pd
 
 from .. import data as D
 from ..evaluation import evaluate, refresh_batchnorm
-from ..files import cached, project_path, shown_path
+from ..files import cached, project_path, shown_path, weights_digest
 from ..models import batchnorm_layers
 from ..device import pick_device, runnable_precision
 from ..training import (REFRESH_IMAGES, Run, TrainConfig, fit, load_run, model_to_evaluate, refresh_images,
@@ -181,7 +181,8 @@ def _evaluate_step(run: Run, config: TrainConfig, data: D.CIFAR10, folder: Path,
                       precision=precision, tta_flip=config.tta_flip, tta_shift=config.tta_shift)
         run.model.cpu()
         return {**ev, "precision": precision}
-    key = {"config": config.identity(), "base": str(shown_path(run.path)), "official_data": data.official}
+    key = {"config": config.identity(), "base": str(shown_path(run.path)), "official_data": data.official,
+           "weights": weights_digest(run.model)}
     return cached(folder / file, key, measure)
 
 
@@ -213,7 +214,8 @@ def batchnorm_refresh(table: pd.DataFrame, data: D.CIFAR10, results_dir="results
             after = evaluate(refresh_batchnorm(model, calib, precision=precision), x, y, precision=precision)
             run.model.cpu()
             return {"before": before, "after": after, "precision": precision}
-        key = {"config": run.config.identity(), "calibration": calibration, "official_data": data.official}
+        key = {"config": run.config.identity(), "calibration": calibration, "official_data": data.official,
+               "weights": weights_digest(run.model)}
         m = cached(folder / "batchnorm_refresh.json", key, measure)
         before, after = m["before"], m["after"]
         rows.append({"step": step["step"], "change": step["change"],
