@@ -208,10 +208,13 @@ def report_fields(measured: dict, rises: dict, runs: dict, names: dict) -> dict:
         "calibration_precision", measured_in=measured[changed[0]]["precision"],
         trained_in=", ".join(sorted({runs[n].config.precision for n in changed})), shift=shift)
     removed = [rises[n]["climb removed"] for n in ("fc", "avgpool")]
+    for n in ("fc", "avgpool"):      # accuracy lost from the best epoch to the last (percentage points)
+        acc = runs[n].history["test_acc"] * 100
+        f[f"acc_lost_{n}"] = float(acc.max() - acc.iloc[-1])
     f["climb_paragraph"] = "" if any(r != r for r in removed) else fill(
         "calibration_climb_summary", removed_fc=removed[0], removed_avgpool=removed[1],
-        climb_verdict="almost all overconfidence" if min(removed) > 80 else "mostly overconfidence"
-        if min(removed) > 50 else "only partly overconfidence")
+        acc_lost_fc=f["acc_lost_fc"], acc_lost_avgpool=f["acc_lost_avgpool"],
+        climb_verdict="mostly overconfidence" if min(removed) > 50 else "only partly overconfidence")
     final = runs["final"].config
     views = (2 if final.tta_flip else 1) * (3 if final.tta_shift else 1)
     explained = f["final_direction"] == "underconfident" and final.label_smoothing > 0

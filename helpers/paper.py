@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import results, studies, summary
-from .files import REPO_ROOT, atomic_write, project_path, read_json, read_study_table, shown_path
+from .files import REPO_ROOT, atomic_write, numbered_notebooks, project_path, read_json, read_study_table, shown_path
 from .models import VARIANTS
 from .training import REFRESH_IMAGES, load_run
 
@@ -27,6 +27,11 @@ _FIELD = re.compile(r"\bd\.([A-Za-z_][A-Za-z0-9_]*)")
 def _signed(x: float, digits: int = 1) -> str:
     """A signed number for prose, with a true minus sign."""
     return f"{x:+.{digits}f}".replace("-", "−")
+
+
+def _minus(text: str) -> str:
+    """A formatted number with a true minus sign (U+2212) where it is negative, as in the rest of the paper."""
+    return text.replace("-", "−") if text[:1] == "-" else text
 
 
 def _pct(x: float, digits: int = 1) -> str:
@@ -180,26 +185,28 @@ def fields(results_dir="results", notebooks_dir=REPO_ROOT / "notebooks") -> dict
             d["final_change"] = label[2:] if label.startswith("+ ") else label
     cost = studies.jpeg.measured_cost(folder)            # the paper says "not measured yet" until it is
     d["jpeg_measured"] = "yes" if cost else "no"
-    d.update({f"jpeg_{k}": form.format(cost[k]) if cost else "–" for k, form in _JPEG_FORMS.items()})
+    d.update({f"jpeg_{k}": _minus(form.format(cost[k])) if cost else "–" for k, form in _JPEG_FORMS.items()})
     d["jpeg_curved_measured"] = "yes" if cost and cost["tangent"] == cost["tangent"] else "no"
     paired = studies.precision.measured_precision(folder)     # the paired bf16-fp32 check, once two pairs finished
     d["paired_measured"] = "yes" if paired else "no"
-    d.update({f"paired_{k}": form.format(paired[k]) if paired else "–" for k, form in _PAIRED_FORMS.items()})
+    d.update({f"paired_{k}": _minus(form.format(paired[k])) if paired else "–" for k, form in _PAIRED_FORMS.items()})
     learned = summary.learned_fields(folder)
     if learned:
         d.update({k: f"{learned[k]:.1f}" for k in ("ece_fc", "ece_fc_after", "ece_avgpool", "ece_avgpool_after",
                                                    "ece_final", "ece_final_after",
                                                    "removed_fc", "removed_avgpool", "share_fc", "share_avgpool",
-                                                   "share_dropout") if k in learned})
+                                                   "share_dropout", "acc_lost_fc", "acc_lost_avgpool") if k in learned})
         d.update(t_final=f"{learned['t_final']:.2f}", t_dropout=f"{learned['t_dropout']:.2f}")
         d.update(final_direction=learned["final_direction"], agree_verdict=learned["agree_verdict"],
                  r_max=f"{learned['r_max']:.2f}")
     times = []
-    for nb in sorted(project_path(notebooks_dir).glob("[0-9][0-9]_*.ipynb")):
+    for nb in numbered_notebooks(project_path(notebooks_dir)):
         meta = json.loads(nb.read_text()).get("metadata", {}).get("papermill", {})
         if meta.get("duration"):
             times.append(meta["duration"])
-    d["report_minutes"] = f"{sum(times) / 60:.0f}" if times else "–"
+    minutes = round(sum(times) / 60)
+    d["report_time"] = ("–" if not times else "under a minute" if minutes < 1
+                        else f"about {minutes} minute{'s' if minutes != 1 else ''}")
     return d
 
 

@@ -71,12 +71,13 @@ def check_run_name(run: Run, name: str, head: str = "linear") -> Run:
 
 
 def load_runs(results_dir="results", names=tuple(VARIANTS)) -> dict[str, Run]:
-    """The finished runs among ``names``, each checked against its folder's name; missing ones are reported
-    and skipped."""
+    """The finished runs among ``names``, those of the report's models checked against their folder's name;
+    missing ones are reported and skipped."""
     runs = {}
     for name in names:
         try:
-            runs[name] = check_run_name(load_run(Path(project_path(results_dir)) / name), name)
+            run = load_run(Path(project_path(results_dir)) / name)
+            runs[name] = check_run_name(run, name) if name in VARIANTS else run
         except FileNotFoundError as exc:
             print(f"skipped {name}: {exc}")
     return runs

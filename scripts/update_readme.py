@@ -120,7 +120,8 @@ def learned(results: Path) -> str:
         return ""
     removed = [fields["removed_fc"], fields["removed_avgpool"]]
     fields["climb_sentence"] = "" if any(r != r for r in removed) else H.wording.fill(
-        "readme_climb", removed_fc=removed[0], removed_avgpool=removed[1]) + " "
+        "readme_climb", removed_fc=removed[0], removed_avgpool=removed[1], acc_lost_fc=fields["acc_lost_fc"],
+        acc_lost_avgpool=fields["acc_lost_avgpool"]) + " "
     return H.wording.fill("readme_learned", **fields)
 
 

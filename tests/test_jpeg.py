@@ -88,10 +88,10 @@ def test_a_bending_curve_gives_a_second_reading_and_the_range_spans_both():
     assert (f["curve_a"], f["curve_b"]) == pytest.approx((a, b))
     assert f["tangent"] == pytest.approx(a * 5)                  # the curve's slope at the copy x the reference mse
     assert f["low"] == pytest.approx(f["tangent"]) and f["high"] == pytest.approx(f["estimate"]) and f["estimate"] > f["tangent"]
-    assert f["high_se"] == f["estimate_se"] and f["range"] == f"at most about {f['high']:.1f} points, and no more than about {f['low']:.1f} if the cost keeps bending as measured"
+    assert f["high_se"] == f["estimate_se"] and f["range"] == f"between about {f['low']:.1f} and {f['high']:.1f} points (two readings of the same runs: a curve that keeps bending, and a straight line)"
     assert f["bend_quality"] == "50" and f["bend"] == pytest.approx(f["slope"] * 10 - (a * 10 + b * 100)) and f["bend"] > 0
     assert f["bend_se"] == pytest.approx(0.2 * (1 / 3 + 1 / 6) ** 0.5) and f["tangent_se"] > f["estimate_se"]
     assert "{" not in H.wording.fill("jpeg_curved", **f)
     one = jpeg.jpeg_fields(table.drop(index="25"), reference)     # one quality: a line only
     assert math.isnan(one["tangent"]) and one["low"] == one["high"] == pytest.approx(one["estimate"])
-    assert one["range"] == f"about {one['estimate']:.1f} points" and one["high_se"] == one["estimate_se"]
+    assert one["range"] == f"about {one['estimate']:.1f} points (one reading: a straight line through the copy)" and one["high_se"] == one["estimate_se"]

@@ -82,7 +82,7 @@ def test_differences_name_the_gap_and_the_measured_causes(tmp_path):
     runs["avgpool"].history["test_acc"] = 0.70     # 10 points below the author's 80.0
     text = results.differences(runs, tmp_path)
     assert "up to 1.5 points" in text and "up to about 3.5 points" in text
-    assert "beyond that are Average pooling;" in text
+    assert "the gap of Average pooling is larger than that" in text
     # once notebook 09 has estimated the copy's JPEG cost, the band uses it (its upper end) instead of the claim
     pd.DataFrame({"quality": ["copy as it is", "50"], "psnr (dB)": [np.inf, 28.1], "added mse": [0.0, 100.0],
                   "test acc (%)": [90.0, 88.0], "seeds": [6, 2], "sd": [0.2, 0.2],
@@ -92,7 +92,8 @@ def test_differences_name_the_gap_and_the_measured_causes(tmp_path):
                       tmp_path / "jpeg" / "reference.json")
     text = results.differences(runs, tmp_path)
     # one quality: a line only, so the range is one number: 0.02 points per unit x 40 = 0.8
-    assert "compressed once more: about 0.8 points (up to" in H.wording.unwrap(text)
+    assert "compressed once more: about 0.8 points (one reading: a straight line through the copy) (up to" in \
+        H.wording.unwrap(text)
     assert "up to about 2.4 points" in text      # 1.5 (seeds) + 0.8 + 2 x 0.065 (two standard errors)
 
 
@@ -131,8 +132,9 @@ def test_the_precision_cause_cites_notebook_09s_comparison_where_it_exists(tmp_p
     runs = {name: dataclasses.replace(run, config=dataclasses.replace(run.config, precision="bf16"))
             for name, run in runs.items()}
     assert "parity runs" in results.differences(runs, tmp_path)        # no final seeds: the benchmark's parity
-    fields = {"bf16_n": 3, "fp32_n": 3, "diff": 0.3, "se": 0.1, "one_diff": -0.05, "one_se": 0.12}
+    fields = {"bf16_n": 3, "fp32_n": 3, "diff": 0.3, "se": 0.1, "one_diff": -0.05, "one_se": 0.12, "t": 3.0, "df": 4,
+              "verdict": "larger than the noise"}
     monkeypatch.setattr(H.studies, "precision_fields", lambda table: fields)
     text = H.wording.unwrap(results.differences(runs, tmp_path))
-    assert "bf16 minus fp32 is +0.30 points of test accuracy (standard error 0.10)" in text
-    assert "-0.05 (standard error 0.12) on one view" in text
+    assert "bf16 minus fp32 is +0.30 points of test accuracy (standard error 0.10; t = 3.00 on 4 degrees" in text
+    assert "unpaired, and on different machines" in text

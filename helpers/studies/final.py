@@ -152,6 +152,7 @@ def precision_fields(table: pd.DataFrame) -> dict | None:
     means with its standard error and whether it is within two standard errors of zero. The standard error
     pools the seed-to-seed variance of both groups (the same recipe; a group of two or three seeds says little
     about its own spread): s_p * sqrt(1/n1 + 1/n2). None unless both precisions have at least two seeds."""
+    from .precision import _T95
     groups = {p: g for p, g in table.groupby("precision")}
     if set(groups) != {"bf16", "fp32"} or min(len(g) for g in groups.values()) < 2:
         return None
@@ -162,16 +163,19 @@ def precision_fields(table: pd.DataFrame) -> dict | None:
         (n1, _, s1), (n2, _, s2) = stats["bf16"], stats["fp32"]
         pooled = math.sqrt(((n1 - 1) * s1 ** 2 + (n2 - 1) * s2 ** 2) / (n1 + n2 - 2))
         se = pooled * math.sqrt(1 / n1 + 1 / n2)
+        df = n1 + n2 - 2                    # Student's two-sample t test, pooled variance
         fields.update({f"{key}bf16_mean": stats["bf16"][1], f"{key}fp32_mean": stats["fp32"][1],
                        f"{key}bf16_sd": stats["bf16"][2], f"{key}fp32_sd": stats["fp32"][2],
-                       f"{key}diff": diff, f"{key}se": se, f"{key}within": abs(diff) < 2 * se})
+                       f"{key}diff": diff, f"{key}se": se, f"{key}t": diff / se if se else math.inf,
+                       f"{key}df": df, f"{key}within": abs(diff) < _T95.get(df, 1.96) * se})
     minutes = {p: g["minutes"].mean() for p, g in groups.items()}
     fields.update({"bf16_n": len(groups["bf16"]), "fp32_n": len(groups["fp32"]),
                    "bf16_seeds": ", ".join(str(s) for s in groups["bf16"].index),
                    "fp32_seeds": ", ".join(str(s) for s in groups["fp32"].index),
                    "bf16_minutes": minutes["bf16"], "fp32_minutes": minutes["fp32"],
                    "verdict": "within the noise" if fields["within"] else "larger than the noise",
-                   "one_verdict": "within the noise" if fields["one_within"] else "larger than the noise"})
+                   "one_verdict": "within the noise" if fields["one_within"] else "larger than the noise",
+                   "t95": _T95.get(fields["df"], 1.96)})
     return fields
 
 

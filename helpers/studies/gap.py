@@ -109,6 +109,15 @@ def gap_cells(table: pd.DataFrame) -> pd.DataFrame:
             .agg(["mean", "std", "count"]).rename(columns={"count": "runs"}))
 
 
+def _long_enough(folder) -> Run | None:
+    """The finished run in ``folder`` (numbers only) if it trained past epoch 11 on all the data, else None."""
+    if not (folder / "metrics.json").exists():
+        return None
+    run = load_run(folder, weights=False)
+    full = run.config.train_subset is None and run.config.test_subset is None and not run.config.validation
+    return run if full and run.config.epochs >= max(WINDOW) else None
+
+
 def seed_noise(results_dir="results") -> dict:
     """How far one run's epoch 9-11 score moves with the seed: per model, the standard deviation over the
     report's run (seed 0) and the seed study's runs (seeds 1 and 2; 10-way heads, the same protocol), and
@@ -117,8 +126,7 @@ def seed_noise(results_dir="results") -> dict:
     sds = {}
     for model in ("fc", "avgpool", "avgpool_dropout"):
         folders = [root / model, *sorted((root / "seeds").glob(f"{model}_seed*"))]
-        scores = [epoch10_score(load_run(f, weights=False))["epochs 9-11 (%)"] for f in folders
-                  if (f / "metrics.json").exists()]
+        scores = [epoch10_score(run)["epochs 9-11 (%)"] for run in map(_long_enough, folders) if run]
         if len(scores) > 1:
             sds[model] = float(pd.Series(scores).std())
     pooled = float(pd.Series(sds).pow(2).mean() ** 0.5) if sds else float("nan")
@@ -151,9 +159,10 @@ def decomposition(results_dir="results", quality: int = 25) -> pd.DataFrame:
                  / psnr_to_mse(read_json(distortion, "measurement")["value"]["test psnr"]))
     rows = []
     for key, (model, _) in GAP_MODELS.items():
-        if not (root / key / "metrics.json").exists():
+        report_run = _long_enough(root / key)
+        if report_run is None:
             continue
-        ours = epoch10_score(load_run(root / key, weights=False))["epochs 9-11 (%)"]
+        ours = epoch10_score(report_run)["epochs 9-11 (%)"]
         author = float(R.AUTHOR.loc[model, "epoch 10"])
 
         def score(data, precision):

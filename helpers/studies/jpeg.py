@@ -191,7 +191,8 @@ def jpeg_fields(table: pd.DataFrame, reference: dict) -> dict | None:
             "estimate_se": estimate_se, "tangent": tangent, "tangent_se": tangent_se, "curve_a": float(a),
             "curve_b": float(b), "low": min(readings), "high": max(readings),
             "high_se": tangent_se if tangent == max(readings) else estimate_se,
-            "range": fill("jpeg_range:one" if f"{min(readings):.1f}" == f"{max(readings):.1f}" else "jpeg_range:two",
+            "range": fill("jpeg_range:line" if len(readings) == 1 else "jpeg_range:one"
+                          if f"{min(readings):.1f}" == f"{max(readings):.1f}" else "jpeg_range:two",
                           low=min(readings), high=max(readings)), "bend_quality": rows.index[least],
             "bend": float(slope * x[least] - y[least]), "bend_se": float(drop_cov[least, least]) ** 0.5,
             "points": "; ".join(f"quality {q}: {r['psnr (dB)']:.1f} dB, {r['test acc (%)']:.2f}% "
