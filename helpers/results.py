@@ -16,7 +16,7 @@ from .evaluation import predict
 from .files import cached, digest, project_path, read_study_table, replace_sections, shown_path, weights_digest
 from .models import VARIANTS
 from .device import runnable_precision
-from .training import Run, RunDataError, check_measured_on, load_run
+from .training import Run, RunDataError, TrainConfig, check_measured_on, load_run
 from .wording import fill
 
 # The original report's results (SPEC.md): one unseeded run per model on a Colab GPU.
@@ -117,7 +117,8 @@ def run_summary(run: Run) -> str:
     acc, loss = h[f"{s}_acc"] * 100, h[f"{s}_loss"]
     gap = (h["train_acc"].iloc[-1] - h[f"{s}_acc"].iloc[-1]) * 100
     return fill("results:run", model=VARIANTS.get(run.config.model, run.config.model),
-                parameters=run.metrics["parameters"], epochs=len(h), precision=run.config.precision, split=s,
+                parameters=run.metrics["parameters"], epochs_text=f"{len(h)} epoch{'s' if len(h) != 1 else ''}",
+                precision=run.config.precision, split=s,
                 best=acc.max(), best_epoch=int(h.loc[acc.idxmax(), "epoch"]), final=acc.iloc[-1],
                 low_epoch=int(h.loc[loss.idxmin(), "epoch"]), low=loss.min(), end=loss.iloc[-1],
                 train=h["train_acc"].iloc[-1] * 100, gap=abs(gap), gap_direction="above" if gap >= 0 else "below",
@@ -190,10 +191,31 @@ def overfits(loss: pd.Series, epochs: pd.Series) -> bool:
     return low_ep <= max(2, len(loss) // 2) and loss.iloc[-1] - loss.min() > 0.1 * loss.min()
 
 
+# Settings that do not change what the author's protocol trains: a run that differs only in these is compared.
+NOT_PROTOCOL = {"seed", "precision", "model", "head"}
+
+
+def protocol_differences(config: TrainConfig) -> dict:
+    """{setting: (this run's value, the author's protocol's)} for every setting in which ``config`` departs from
+    the author's protocol for its model (seed, precision and the output head aside)."""
+    return {k: v for k, v in config.differences(TrainConfig(model=config.model, head=config.head)).items()
+            if k not in NOT_PROTOCOL}
+
+
+def settings_note(config: TrainConfig) -> str:
+    """The settings that differ from the author's protocol, in a few words ("" for the protocol itself)."""
+    return ", ".join(f"{k} {a}" for k, (a, _) in protocol_differences(config).items())
+
+
 def expectation(run: Run) -> str:
     """How a report model's run compares with what its notebook expected from the author's run: whether
     the evaluation loss climbs back (the author's lowest-loss epoch in the first half says it should)
-    and the best accuracy against the author's (``report/text/expectation.md``)."""
+    and the best accuracy against the author's (``report/text/expectation.md``). A run that departs from the
+    author's protocol is not compared; the text names the settings instead."""
+    differs = protocol_differences(run.config)
+    if differs:
+        return fill("expectation_off_protocol", settings=", ".join(
+            f"{k} = {a!r} (the protocol's: {b!r})" for k, (a, b) in differs.items()))
     h, s, name = run.history, _split(run), run.config.model
     author = AUTHOR.loc[name]
     loss, acc = h[f"{s}_loss"], h[f"{s}_acc"] * 100

@@ -590,8 +590,8 @@ def _train(config: TrainConfig, saved: TrainConfig | None, data: D.CIFAR10, trai
     env = environment(dev)
     if verbose and not history:
         print(f"{path.name}: {config.model} ({count_parameters(model):,} parameters), {len(train):,} train / "
-              f"{len(test):,} {split} images, {config.epochs} epochs, batch {config.batch_size}, "
-              f"{config.precision} on {dev} with {env['threads']} threads")
+              f"{len(test):,} {split} images, {config.epochs} epoch{'s' if config.epochs != 1 else ''}, batch "
+              f"{config.batch_size}, {config.precision} on {dev} with {env['threads']} thread{'s' if env['threads'] != 1 else ''}")
     for epoch in range(len(history) + 1, config.epochs + 1):
         start = time.perf_counter()
         model.train()

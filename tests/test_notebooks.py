@@ -111,3 +111,17 @@ def test_every_notebook_runs_on_generated_data(fake_root, tmp_path):
 def test_every_notebook_runs_on_a_real_subset(tmp_path):
     run_notebooks(tmp_path, real_root(), ["-p", "train_subset", "1000", "-p", "test_subset", "500"])
     check_outputs(tmp_path)
+
+
+@pytest.mark.slow
+def test_a_training_notebooks_parameters_reach_the_run_and_its_text(fake_root, tmp_path):
+    """A student's lr, batch size and weight decay (the parameters cell of 03-05) are what the run trains and
+    records, and its text names them instead of comparing the run with the author's."""
+    run_notebooks(tmp_path, fake_root, ["-p", "lr", "0.01", "-p", "batch_size", "32", "-p", "weight_decay", "0.0"],
+                  only=["03"])
+    config = json.loads((tmp_path / "results" / "fc" / "config.json").read_text())
+    assert (config["lr"], config["batch_size"], config["weight_decay"]) == (0.01, 32, 0.0)
+    text = (tmp_path / "notebooks" / "03_train_fc.ipynb").read_text()
+    assert "This run departs from the author&#x27;s protocol" in text or "This run departs from the author's" in text
+    assert "lr = 0.01 (the protocol&#x27;s: 0.001)" in text or "lr = 0.01 (the protocol's: 0.001)" in text
+    assert "The author's run of this model peaked" not in text
