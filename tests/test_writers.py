@@ -353,3 +353,13 @@ def test_a_corrupt_study_summary_leaves_the_readme_whole(tmp_path):
     with pytest.raises(SystemExit, match=r"README.md was not changed: .*final.json is not readable JSON"):
         _script("update_readme").main(["--results", str(results)])
     assert readme.read_bytes() == before
+
+
+def test_a_trial_report_into_another_results_folder_never_touches_the_committed_one():
+    plan = subprocess.run(["make", "-n", "report", "RESULTS=results-trial", "ONLY=3"], cwd=REPO, capture_output=True,
+                          text=True, timeout=60).stdout
+    assert "--output build/results-trial/notebooks" in plan and "--in-place" not in plan
+    assert "figures_dir" in plan and "build/results-trial/figures" in plan
+    assert "update_readme.py" not in plan and "build/results-trial/report.pdf" in plan
+    committed = subprocess.run(["make", "-n", "report"], cwd=REPO, capture_output=True, text=True, timeout=60).stdout
+    assert "--in-place" in committed and "update_readme.py --results results" in committed
