@@ -39,9 +39,10 @@ data: $(STAMP)
 
 # RESULTS=dir (other than results) is a trial: its notebooks, figures and paper go to build/dir/, so the
 # committed notebooks, figures, README and paper are never touched by it.
-TRIAL := build/$(notdir $(RESULTS))
+RESULTS_ABS := $(abspath $(RESULTS))
+TRIAL := build/$(notdir $(RESULTS_ABS))
 report: data
-ifeq ($(RESULTS),results)
+ifeq ($(RESULTS_ABS),$(abspath results))
 	TQDM_DISABLE=1 $(PY) scripts/run_notebooks.py --in-place $(if $(ONLY),--only $(ONLY))
 	$(PY) scripts/update_readme.py --results $(RESULTS)
 	$(PY) scripts/build_paper.py --results $(RESULTS)
@@ -53,7 +54,12 @@ else
 endif
 
 paper: $(STAMP)
+ifeq ($(RESULTS_ABS),$(abspath results))
 	$(PY) scripts/build_paper.py --results $(RESULTS)
+else
+	$(PY) scripts/build_paper.py --results $(RESULTS) --figures $(abspath $(TRIAL))/figures \
+		--tables $(abspath $(TRIAL))/tables --output $(abspath $(TRIAL))/report.pdf
+endif
 
 quick: data
 	TQDM_DISABLE=1 $(PY) scripts/run_notebooks.py --output build/quick $(QUICK_PARAMS)

@@ -70,7 +70,10 @@ def main(argv=None):
              "", "Every run:", "", H.results.markdown_table(long, "{:.2f}")]
     H.files.write_text(args.out, "\n".join(lines) + "\n")
     if args.out.resolve().parent == HERE:     # the README shows each recorded table in a section named after its file
-        H.results.write_section(HERE / "README.md", args.out.stem, "\n".join(lines[2:]))
+        try:
+            H.results.write_section(HERE / "README.md", args.out.stem, "\n".join(lines[2:]))
+        except H.files.MarkerError as exc:
+            print(f"{exc}\n(the table is kept in {args.out}; add the markers to show it in benchmarks/README.md)")
     print(f"written to {args.out}")
 
 

@@ -114,7 +114,7 @@ def load_cifar10(root=None, download: bool = True, verbose: bool = True) -> CIFA
     _check_overlap(folder, train, test)
     sizes = {"training": (len(train), 50_000), "test": (len(test), 10_000)}
     odd = [f"{n:,} {split} images (CIFAR-10 has {full:,})" for split, (n, full) in sizes.items() if n != full]
-    if odd and verbose:
+    if odd:                 # always said: a smaller set changes every number
         print(f"Note: {shown_path(folder)} holds {' and '.join(odd)}: not the whole data set. Runs trained on it, "
               "and measurements of finished runs, are not comparable with the report's.")
     if not official and verbose and str(folder) not in _warned_unofficial:

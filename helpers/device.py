@@ -65,12 +65,11 @@ def cpu_model() -> str:
 
 def environment(device: torch.device) -> dict:
     """What a reader needs to trust a run: versions, device, threads, the CPU's model, whether it computes
-    bf16 natively, its cores and the load on them when the run started (other work beside it slows a run)."""
+    bf16 natively and its cores. (Nothing that changes between two runs on one machine: a resumed run must end
+    with the same files as an uninterrupted one.)"""
     info = {"python": platform.python_version(), "torch": torch.__version__, "device": str(device),
             "threads": torch.get_num_threads(), "cpu": platform.processor() or platform.machine(),
             "cpu_model": cpu_model(), "native_bf16": cpu_has_native_bf16(), "cores": os.cpu_count()}
-    if hasattr(os, "getloadavg"):
-        info["load_at_start"] = round(os.getloadavg()[0], 2)
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info

@@ -139,7 +139,8 @@ def read_json(path, what: str = "file"):
 
 # The columns every reader of a study table relies on (results/studies/<name>.csv); none may be empty.
 STUDY_COLUMNS = {
-    "seeds": ["model", "seeds", "epochs", "best mean", "best sd", "best min", "best max", "final mean"],
+    "seeds": ["model", "seeds", "epochs", "best mean", "best sd", "best min", "best max", "final mean",
+              "lowest loss epochs"],
     "heads": ["model", "head", "epochs", "best acc", "best epoch", "final acc"],
     "ladder": ["step", "change", "branch", "val acc", "parameters", "epochs", "val images", "eval only",
                "within noise"],
@@ -174,7 +175,8 @@ def read_study_table(results_dir, name: str):
         lost = sorted(trained - steps)
         if lost:
             raise ValueError(f"{shown_path(path)} lacks the finished ladder step(s) {', '.join(lost)}: it was cut "
-                             f"short. {again}")
+                             f"short, or those folders are left over from another ladder (move them out of ladder/). "
+                             f"{again}")
     return table
 
 

@@ -2,10 +2,9 @@
 values and verdicts (the wording is in ``report/text/`` and ``report/paper.typ``)."""
 from __future__ import annotations
 
-import json
 
 from . import calibration, explain, results, studies
-from .files import project_path
+from .files import project_path, read_json
 from .models import VARIANTS
 from .training import load_run
 
@@ -18,10 +17,10 @@ def learned_fields(results_dir="results") -> dict:
     if not stats_file.exists() or not all((folder / n / "calibration.json").exists() for n in names):
         return {}
     runs = {n: load_run(folder / n, weights=False) for n in names}
-    measured = {n: json.loads((folder / n / "calibration.json").read_text())["value"] for n in names}
+    measured = {n: read_json(folder / n / "calibration.json", "cached measurement")["value"] for n in names}
     rises = {n: calibration.loss_rise(runs[n], m) for n, m in measured.items()}
     fields = calibration.report_fields(measured, rises, runs, {n: n for n in names})
-    fields.update(explain.cam_fields(json.loads(stats_file.read_text())["value"]))
+    fields.update(explain.cam_fields(read_json(stats_file, "cached measurement")["value"]))
     return fields
 
 

@@ -47,9 +47,9 @@ COMPUTE_FIELDS = ("precision",)
 # out while they have that value.
 ADDED_FIELDS = {"bn_refresh": False}
 
-# Fields added after the first runs were stored: a configuration saved before them loads with their defaults.
-LATER_FIELDS = {"bn_refresh", "momentum", "bias_lr", "dirac", "bn_scale", "bn_momentum", "logit_scale", "convs",
-                "optimizer", "whiten", "lookahead", "crop_pad", "tta_shift", "eval_each_epoch"}
+# Fields every configuration the project ever saved holds (the protocol's); the others were added over time,
+# and a configuration saved before one of them loads with its default.
+REQUIRED_FIELDS = ("model", "epochs", "batch_size", "lr", "weight_decay", "seed")
 
 # bn_refresh re-measures BatchNorm statistics on this many training images (class-balanced)
 REFRESH_IMAGES = 10_000
@@ -151,13 +151,13 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, saved: dict) -> "TrainConfig":
-        """A saved configuration; fields added to the class since the first runs (``LATER_FIELDS``) take their
-        defaults when absent. Any other absent field is an error: filling in a default would make the file
+        """A saved configuration; fields added to the class over time take their defaults when absent. An
+        absent protocol field (``REQUIRED_FIELDS``) is an error: filling in its default would make the file
         say something it does not say."""
         known = {f.name for f in dataclasses.fields(cls)}
         if not isinstance(saved, dict):
             raise TypeError(f"a configuration is a JSON object of fields, not {type(saved).__name__}")
-        absent = [name for name in known - LATER_FIELDS if name not in saved]
+        absent = [name for name in REQUIRED_FIELDS if name not in saved]
         if absent:
             raise ValueError(f"the field(s) {', '.join(sorted(absent))} are missing")
         return cls(**{k: v for k, v in saved.items() if k in known})
@@ -246,15 +246,17 @@ class Run:
     model: torch.nn.Module
 
 
-def check_measured_on(run: Run, images) -> None:
-    """Refuse to measure ``run`` on a set of another size than the one it was evaluated on (metrics.json): an
-    incomplete data folder would otherwise replace the run's kept measurements with ones of a smaller set."""
+def check_measured_on(run: Run, images, train=None) -> None:
+    """Refuse to measure ``run`` on a set of another size than the one it was evaluated (and trained) on
+    (metrics.json): an incomplete data folder would otherwise replace the run's kept measurements with ones
+    of a smaller set."""
     split = run.config.eval_split
-    expected = run.metrics.get(f"{split}_images")
-    if expected is not None and len(images) != expected:
-        raise RunDataError(f"{shown_path(run.path)} was evaluated on {expected:,} {split} images (metrics.json), but "
-                           f"{len(images):,} were given: the data folder is incomplete or another one. Its kept "
-                           "measurements are left as they are; point CIFAR10_ROOT at the complete data set.")
+    for what, given in ((split, images), ("train", train)):
+        expected = run.metrics.get(f"{what}_images")
+        if given is not None and expected is not None and len(given) != expected:
+            raise RunDataError(f"{shown_path(run.path)} was measured on {expected:,} {what} images (metrics.json), "
+                               f"but {len(given):,} were given: the data folder is incomplete or another one. Its "
+                               "kept measurements are left as they are; point CIFAR10_ROOT at the complete data set.")
 
 
 def _read_run_json(path: Path, what: str) -> dict:
@@ -552,7 +554,11 @@ def _train(config: TrainConfig, saved: TrainConfig | None, data: D.CIFAR10, trai
     ckpt_file = path / "checkpoint.pt"
     if ckpt_file.exists():
         ckpt = _load_checkpoint(ckpt_file, dev)
-        before = TrainConfig.from_dict(ckpt["config"])
+        try:
+            before = TrainConfig.from_dict(ckpt["config"])
+        except (TypeError, ValueError) as exc:
+            raise RunDataError(f"{shown_path(ckpt_file)} holds no valid configuration ({exc}). It is kept as it is: "
+                               "train under another run name, or move the checkpoint away to start afresh.") from None
         if before.differences(config):
             raise RunConflictError(f"{shown_path(ckpt_file)} was made with a different configuration "
                                    f"({before.differences(config)}); train this one under another run name.")

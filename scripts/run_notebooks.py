@@ -84,6 +84,9 @@ def declared_parameters(path) -> dict:
     return {}
 
 
+_SOCKETS = None
+
+
 def kernel_config():
     """Local kernels talk over IPC sockets where the OS has them: nothing is sent over TCP, and the kernel
     does not warn about unencrypted TCP at every start."""
@@ -92,10 +95,11 @@ def kernel_config():
         return Config()
     # the sockets live in a private temporary folder, not in notebooks/ (the kernel's working folder), so a
     # killed run leaves nothing there
-    sockets = Path(tempfile.gettempdir()) / f"cifar10-report-kernel-{os.getpid()}"
-    if not sockets.exists():
-        sockets.mkdir(mode=0o700)
-        atexit.register(shutil.rmtree, sockets, ignore_errors=True)
+    global _SOCKETS
+    if _SOCKETS is None:                 # one private folder per runner, made fresh (mkdtemp: never reused)
+        _SOCKETS = Path(tempfile.mkdtemp(prefix="cifar10-report-kernel-"))
+        atexit.register(shutil.rmtree, _SOCKETS, ignore_errors=True)
+    sockets = _SOCKETS
     return Config({"KernelManager": {"transport": "ipc", "ip": str(sockets / "kernel-ipc")}})
 
 
@@ -132,15 +136,21 @@ def select(only, names: list[str]) -> list[str]:
     return [name for name in names if name[:2] in wanted]
 
 
+# Where a run reads and writes: passed to every notebook (by make report and make quick); a notebook that does not
+# declare one has no use for it.
+RUN_WIDE = {"results_dir", "figures_dir", "data_root"}
+
+
 def check_parameters(params: dict, names: list[str]) -> None:
-    """Refuse a -p name that no notebook declares: it would be dropped without a word."""
-    declared = set()
+    """Refuse a -p name that none of the notebooks to run declares (``RUN_WIDE`` aside): it would be dropped
+    without a word."""
+    declared = set(RUN_WIDE)
     for name in names:
         declared |= set(declared_parameters(source(name)))
     unknown = sorted(set(params) - declared)
     if unknown:
-        raise SystemExit(f"run_notebooks.py: no notebook declares the parameter(s) {', '.join(unknown)}; the "
-                         f"declared ones are: {', '.join(sorted(declared))}")
+        raise SystemExit(f"run_notebooks.py: no notebook to run declares the parameter(s) {', '.join(unknown)}; "
+                         f"they declare: {', '.join(sorted(declared))}")
 
 
 def tidy_sockets() -> None:
@@ -160,8 +170,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     params = {k: parse_value(v) for k, v in args.p}
     everything = sorted({p.stem for p in numbered_notebooks(NOTEBOOKS)} | set(RENDERED))
-    check_parameters(params, everything)
     names = select(args.only, everything)
+    check_parameters(params, names)
     if args.output:
         args.output.mkdir(parents=True, exist_ok=True)
     tidy_sockets()

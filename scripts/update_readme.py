@@ -8,7 +8,6 @@ time of each notebook from papermill's record in the executed notebook, so the
 README never carries a number typed by hand. `make report` runs this last.
 """
 import argparse
-import json
 import sys
 from pathlib import Path
 

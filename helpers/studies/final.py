@@ -13,7 +13,7 @@ from .. import data as D
 from ..evaluation import evaluate
 from ..files import cached, digest, project_path, read_json, save_json, weights_digest
 from ..device import runnable_precision
-from ..training import Run, TrainConfig, fit, load_run
+from ..training import Run, TrainConfig, check_measured_on, fit, load_run
 from ..wording import fill, pieces, unwrap
 from .common import _studies_folder
 
@@ -108,6 +108,7 @@ def one_view_accuracy(run: Run, images: torch.Tensor | None, labels: torch.Tenso
     if images is None:
         path = run.path / "one_view.json"
         return read_json(path)["value"]["accuracy"] if path.exists() else math.nan
+    check_measured_on(run, images)
     device = torch.device(device) if device is not None else torch.device("cpu")
 
     def measure():

@@ -9,7 +9,7 @@ from ..evaluation import device_of, predict
 from ..files import cached, digest, weights_digest
 from ..models import VARIANTS
 from ..device import runnable_precision
-from ..training import Run
+from ..training import Run, check_measured_on
 from ..wording import fill
 from .common import _share
 
@@ -19,6 +19,8 @@ def unused_logit_share(run: Run, images: torch.Tensor) -> dict:
     its arg-max falls there, and how large its outputs are (mean over images of the largest class output and
     of the largest unused one; both come out of a ReLU, so 0 is the floor). Measured once and kept beside
     the run (``unused_outputs.json``, keyed by the images)."""
+    check_measured_on(run, images)
+
     def measure():
         precision = runnable_precision(run.config.precision, device_of(run.model))
         logits = predict(run.model, images, precision=precision).float()

@@ -15,8 +15,8 @@ from ..evaluation import evaluate, refresh_batchnorm
 from ..files import cached, project_path, shown_path, weights_digest
 from ..models import batchnorm_layers
 from ..device import pick_device, runnable_precision
-from ..training import (REFRESH_IMAGES, Run, TrainConfig, fit, load_run, model_to_evaluate, refresh_images,
-                        image_sets)
+from ..training import (REFRESH_IMAGES, Run, TrainConfig, check_measured_on, fit, image_sets, load_run,
+                        model_to_evaluate, refresh_images)
 from ..wording import fill
 from .common import save_table
 
@@ -170,10 +170,12 @@ def _evaluate_step(run: Run, config: TrainConfig, data: D.CIFAR10, folder: Path,
     ``bn_refresh``, BatchNorm statistics measured again as training would): for an evaluation-only step, or a
     step judged with refreshed statistics. Measured once and kept in ``folder/file`` with what it depends on
     (and the precision it was computed in), so that a re-render reads it instead of measuring again."""
+    train, val = image_sets(config, data)
+    check_measured_on(run, val, train)
+
     def measure():
         dev = pick_device(device)
         precision = runnable_precision(run.config.precision, dev)
-        train, val = image_sets(config, data)
         x, y = D.to_device(val, dev)
         model = run.model.to(dev)
         images = refresh_images(train, dev) if config.bn_refresh else None
@@ -203,10 +205,12 @@ def batchnorm_refresh(table: pd.DataFrame, data: D.CIFAR10, results_dir="results
         if not batchnorm_layers(run.model):
             continue
 
-        def measure(run=run):
+        train, val = image_sets(run.config, data)
+        check_measured_on(run, val, train)
+
+        def measure(run=run, train=train, val=val):
             dev = pick_device(device)
             precision = runnable_precision(run.config.precision, dev)
-            train, val = image_sets(run.config, data)
             x, y = D.to_device(val, dev)
             calib = refresh_images(train, dev, calibration)
             model = run.model.to(dev)
