@@ -1,14 +1,16 @@
 """Why our runs of the author's protocol stay below the author's (issue 30): the report's own models,
-trained for a few epochs on the copy as it is and on the copy compressed once more, in fp32 and in bf16,
-scored at epoch 10 where SPEC.md gives the author's numbers.
+trained for a few epochs in other conditions (fp32 instead of bf16; the copy compressed once more), scored at
+epoch 10, where SPEC.md gives the author's numbers.
 
 * ``GAP_MODELS``: the three models as the author trained them (models 2 and 3 with the 256-logit head).
 * ``gap_config`` / ``run_name`` / ``gap_runs``: the runs, in
   ``results/gap/<model>/<data>/<precision>/seed<seed>`` (``data`` is ``copy`` or ``q<quality>``); weights
-  are not kept, the study reads numbers only.
+  are not kept, the study reads numbers only (and the measurement below, kept beside each run).
 * ``epoch10_score``: a run's accuracy at epoch 10 as the mean of epochs 9-11 (one epoch jumps by about a
   point), beside its best.
-* ``gap_table``: one row per finished run; ``gap_cells``: mean, sd and count per (model, data, precision).
+* ``silent_classes``: the classes a run's weights never predict. With the author's head each class output
+  comes straight out of a ReLU, and a class whose output is zero on every image is lost until it comes back.
+* ``runs_table`` / ``gap_summary``: notebook 09's section.
 
 The same code runs on the official archive (``CIFAR10_ROOT`` pointing at it): ``scripts/run_gap.py``.
 """
@@ -18,10 +20,11 @@ import math
 import re
 
 import pandas as pd
+import torch
 
 from .. import data as D
-from ..files import project_path, read_json
-from ..training import Run, TrainConfig, load_run
+from ..files import cached, digest, project_path, read_json, weights_digest
+from ..training import Run, TrainConfig, check_measured_on, load_run
 from ..wording import fill
 from .common import read_or_train
 from .jpeg import jpeg_copy
@@ -71,12 +74,39 @@ def gap_runs(plan, data: D.CIFAR10, results_dir="results", device=None, epochs: 
 
 
 def epoch10_score(run: Run) -> dict:
-    """Test accuracy (%) at epoch 10 as the mean of epochs 9-11, the single epoch 10, and the best so far."""
+    """Test accuracy (%) at epoch 10 as the mean of epochs 9-11, the single epoch 10, and the best of the first
+    ``EPOCHS`` epochs (so that a 100-epoch run and a 12-epoch run are read over the same epochs)."""
     h = run.history.set_index("epoch")["test_acc"] * 100
     missing = [e for e in WINDOW if e not in h.index]
     if missing:
         raise ValueError(f"{run.path} has no epoch {missing[0]}; the gap study scores epochs 9-11")
-    return {"epochs 9-11 (%)": h.loc[list(WINDOW)].mean(), "epoch 10 (%)": h.loc[10], "best (%)": h.max()}
+    return {"epochs 9-11 (%)": h.loc[list(WINDOW)].mean(), "epoch 10 (%)": h.loc[10],
+            f"best of epochs 1-{EPOCHS} (%)": h.loc[:EPOCHS].max()}
+
+
+def silent_classes(run: Run, data: D.CIFAR10 | None = None) -> dict:
+    """Which classes a run's final weights can still predict: per class, the share of test images on which
+    its output is above zero and its test accuracy. With the author's 256-logit head the ten class outputs
+    come straight out of a ReLU: a class whose output is zero on every image is never predicted (a "silent"
+    class), whatever the image. Measured once and kept in ``<run>/classes.json`` (keyed by the weights and
+    the images); without ``data``, the kept measurement (None if there is none)."""
+    path = run.path / "classes.json"
+    if data is None:
+        return read_json(path, "cached measurement")["value"] if path.exists() else None
+    images = data.test.images
+
+    def measure():
+        x, y = D.to_device(data.test, "cpu")
+        model = run.model.eval()
+        with torch.no_grad():
+            out = torch.cat([model(x[i:i + 1000]).float() for i in range(0, len(x), 1000)])
+        pred = out.argmax(1)
+        on = [(out[:, c] > 0).float().mean().item() * 100 for c in range(10)]
+        return {"output above zero %": on, "accuracy %": [(pred[y == c] == c).float().mean().item() * 100
+                                                          for c in range(10)],
+                "silent": [D.CLASSES[c] for c in range(10) if on[c] == 0]}
+    check_measured_on(run, images)
+    return cached(path, {"images": digest(images), "weights": weights_digest(run.model)}, measure)
 
 
 def finished_gap_runs(results_dir="results") -> dict[tuple, Run]:
@@ -95,113 +125,76 @@ def finished_gap_runs(results_dir="results") -> dict[tuple, Run]:
     return runs
 
 
-def gap_table(runs: dict[tuple, Run]) -> pd.DataFrame:
-    """One row per finished run: model, data, precision, seed and its scores."""
-    rows = [{"model": m, "data": d, "precision": p, "seed": s, **epoch10_score(run)}
-            for (m, d, p, s), run in sorted(runs.items())]
-    return pd.DataFrame(rows, columns=["model", "data", "precision", "seed", "epochs 9-11 (%)", "epoch 10 (%)",
-                                       "best (%)"])
-
-
-def gap_cells(table: pd.DataFrame) -> pd.DataFrame:
-    """Mean, standard deviation and count of the epoch 9-11 score per (model, data, precision)."""
-    return (table.groupby(["model", "data", "precision"])["epochs 9-11 (%)"]
-            .agg(["mean", "std", "count"]).rename(columns={"count": "runs"}))
-
-
-def _long_enough(folder) -> Run | None:
-    """The finished run in ``folder`` (numbers only) if it trained past epoch 11 on all the data, else None."""
-    if not (folder / "metrics.json").exists():
-        return None
-    run = load_run(folder, weights=False)
-    full = run.config.train_subset is None and run.config.test_subset is None and not run.config.validation
-    return run if full and run.config.epochs >= max(WINDOW) else None
-
-
-def seed_noise(results_dir="results") -> dict:
-    """How far one run's epoch 9-11 score moves with the seed: per model, the standard deviation over the
-    report's run (seed 0) and the seed study's runs (seeds 1 and 2; 10-way heads, the same protocol), and
-    the pooled value over the models. This is the noise of one cell of the gap table."""
+def report_runs(results_dir="results") -> dict[tuple, Run]:
+    """The report's own runs of the author's protocol (seed 0, 100 epochs, bf16 on the project's machines),
+    keyed like ``finished_gap_runs``: their first epochs are those of a 12-epoch run (the rate is constant)."""
     root = project_path(results_dir)
-    sds = {}
-    for model in ("fc", "avgpool", "avgpool_dropout"):
-        folders = [root / model, *sorted((root / "seeds").glob(f"{model}_seed*"))]
-        scores = [epoch10_score(run)["epochs 9-11 (%)"] for run in map(_long_enough, folders) if run]
-        if len(scores) > 1:
-            sds[model] = float(pd.Series(scores).std())
-    pooled = float(pd.Series(sds).pow(2).mean() ** 0.5) if sds else float("nan")
-    return {"per model": sds, "pooled": pooled, "runs": 3}
+    runs = {}
+    for key in GAP_MODELS:
+        if (root / key / "metrics.json").exists():
+            run = load_run(root / key, weights=False)
+            full = run.config.train_subset is None and run.config.test_subset is None and not run.config.validation
+            if full and run.config.epochs >= max(WINDOW):
+                runs[key, "copy" if not run.metrics.get("official_data") else "official", run.config.precision, 0] = run
+    return runs
 
 
-def decomposition(results_dir="results", quality: int = 25) -> pd.DataFrame:
-    """Per model, the gap to the author at epoch 10 split by experiment, each part from single runs of seed 0:
+def _label(model_key: str) -> str:
+    from ..models import VARIANTS
+    model, head = GAP_MODELS[model_key]
+    return VARIANTS[model] + (", author's head" if head == "author" else "")
 
-    * ``ours``: the report's own run (bf16, the copy as it is), epochs 9-11;
-    * ``gap``: the author's epoch 10 minus ``ours``;
-    * ``bf16 cost``: the fp32 run minus the bf16 run (same seed, same data);
-    * ``drop at q<quality>``: the fp32 run on the copy minus the fp32 run on the copy compressed again;
-    * ``copy cost (line)``: that drop scaled by the distortion of the stand-in pass over the distortion of
-      the q<quality> pass (both as mean squared error; a straight line through no-distortion);
-    * ``unexplained``: gap minus bf16 cost minus copy cost.
 
-    Each part carries its standard error from ``seed_noise`` (a difference of two single runs: sqrt(2) x
-    the pooled seed sd). Empty where a run is missing."""
+def runs_table(results_dir="results") -> pd.DataFrame:
+    """Every run that speaks to the gap at epoch 10, one row each: the report's 100-epoch runs and the gap
+    study's 12-epoch runs, with the author's epoch-10 accuracy beside them, the score at epoch 10 (mean of
+    epochs 9-11) and the classes the final weights never predict (``silent_classes``; for the report's runs
+    that is at epoch 100, for the study's at epoch 12)."""
     from .. import results as R
-    from .jpeg import psnr_to_mse
-    root = project_path(results_dir)
-    runs = finished_gap_runs(results_dir)
-    noise = seed_noise(results_dir)["pooled"]
-    reference = root / "jpeg" / "reference.json"
-    distortion = root / "jpeg" / f"q{quality}" / "distortion.json"
-    ratio = math.nan
-    if reference.exists() and distortion.exists():
-        ratio = (psnr_to_mse(read_json(reference, "measurement")["value"]["psnr"])
-                 / psnr_to_mse(read_json(distortion, "measurement")["value"]["test psnr"]))
     rows = []
-    for key, (model, _) in GAP_MODELS.items():
-        report_run = _long_enough(root / key)
-        if report_run is None:
-            continue
-        ours = epoch10_score(report_run)["epochs 9-11 (%)"]
-        author = float(R.AUTHOR.loc[model, "epoch 10"])
+    for source, runs in (("report run", report_runs(results_dir)), ("gap study", finished_gap_runs(results_dir))):
+        for (model, data, precision, seed), run in sorted(runs.items()):
+            silent = silent_classes(run) if GAP_MODELS[model][1] == "author" else None
+            rows.append({"model": _label(model), "run": source, "data": data, "precision": precision, "seed": seed,
+                         "epochs": run.config.epochs,
+                         "author epoch 10 (%)": float(R.AUTHOR.loc[GAP_MODELS[model][0], "epoch 10"]),
+                         **epoch10_score(run),
+                         "silent classes at the end": (", ".join(silent["silent"]) or "none") if silent else
+                         "not measured" if GAP_MODELS[model][1] == "author" else "cannot be (10-way output)",
+                         "silent count": len(silent["silent"]) if silent else math.nan})
+    return pd.DataFrame(rows)
 
-        def score(data, precision):
-            found = [epoch10_score(r)["epochs 9-11 (%)"] for (m, d, p, s), r in runs.items()
-                     if m == key and d == data and p == precision and s == 0]
-            return found[0] if found else math.nan
-        fp32, fp32_q = score("copy", "fp32"), score(f"q{quality}", "fp32")
-        bf16_cost = fp32 - ours
-        drop = fp32 - fp32_q
-        copy_cost = drop * ratio
-        # unexplained = author - fp32 - ratio (fp32 - q): our bf16 run cancels; the author's run counted as
-        # noisy as one of ours
-        rows.append({"model": key, "author epoch 10": author, "ours (bf16)": ours, "gap": author - ours,
-                     "fp32": fp32, "bf16 cost": bf16_cost, f"fp32 q{quality}": fp32_q, f"drop at q{quality}": drop,
-                     "copy cost (line)": copy_cost, "unexplained": author - ours - bf16_cost - copy_cost,
-                     "se of a difference": math.sqrt(2) * noise, "se of copy cost": math.sqrt(2) * noise * ratio,
-                     "se of unexplained": noise * math.sqrt(1 + (1 + ratio) ** 2 + ratio ** 2), "mse ratio": ratio})
-    return pd.DataFrame(rows).set_index("model") if rows else pd.DataFrame()
+
+def measure_silent_classes(data: D.CIFAR10, results_dir="results") -> None:
+    """Measure (once; kept beside each run) which classes the final weights of every run in ``runs_table``
+    never predict; runs whose weights are gone keep what was measured."""
+    for (model, *_), run in [*report_runs(results_dir).items(), *finished_gap_runs(results_dir).items()]:
+        if GAP_MODELS[model][1] == "author" and (run.path / "model.pt").exists():
+            silent_classes(load_run(run.path), data)
 
 
 def gap_summary(results_dir="results") -> tuple[pd.DataFrame, str]:
-    """Notebook 09's section: the decomposition table and its reading in words (``report/text/gap.md``)."""
-    from ..models import VARIANTS
-    table = decomposition(results_dir)
-    if table.empty or table["fp32"].isna().all():
+    """Notebook 09's section: the runs table and its reading in words (``report/text/gap.md``)."""
+    table = runs_table(results_dir)
+    study = table[table["run"] == "gap study"] if len(table) else table
+    if not len(study):
         return table, fill("gap:none")
-    noise = seed_noise(results_dir)
-    lines = [fill("gap:noise", sd=noise["pooled"], runs=noise["runs"])]
-    for key, row in table.iterrows():
-        name = VARIANTS[GAP_MODELS[key][0]] + (" (the author's head)" if GAP_MODELS[key][1] == "author" else "")
-        if row["fp32"] != row["fp32"]:
-            lines.append(fill("gap:model_waiting", name=name, gap=row["gap"]))
+    lines = []
+    for name, rows in table.groupby("model", sort=False):
+        report = rows[rows["run"] == "report run"]
+        fp32 = rows[(rows["run"] == "gap study") & (rows["precision"] == "fp32") & (rows["data"] == "copy")]
+        if not len(report) or not len(fp32):
             continue
-        parts = {"name": name, "gap": row["gap"], "bf16": row["bf16 cost"], "se": row["se of a difference"],
-                 "bf16_z": row["bf16 cost"] / row["se of a difference"]}
-        if row["copy cost (line)"] == row["copy cost (line)"]:
-            lines.append(fill("gap:model", **parts, drop=row["drop at q25"], copy=row["copy cost (line)"],
-                              copy_se=row["se of copy cost"], rest=row["unexplained"],
-                              rest_se=row["se of unexplained"], rest_z=row["unexplained"] / row["se of unexplained"]))
-        else:
-            lines.append(fill("gap:model_precision_only", **parts))
-    return table, "\n".join(lines)
+        ours, author = report["epochs 9-11 (%)"].iloc[0], report["author epoch 10 (%)"].iloc[0]
+        silent = fp32[fp32["silent count"] > 0]
+        lines.append(fill("gap:model", name=name, author=author, ours=ours, ours_precision=report["precision"].iloc[0],
+                          fp32=fp32["epochs 9-11 (%)"].mean(),
+                          seeds=("seed " if len(fp32) == 1 else "seeds ") + ", ".join(str(s) for s in fp32["seed"]),
+                          report_silent=report["silent classes at the end"].iloc[0],
+                          silent=fill("gap:silent", classes="; ".join(
+                              f"{r['silent classes at the end']} (seed {r['seed']})" for _, r in silent.iterrows()))
+                          if len(silent) else fill("gap:none_silent")))
+    text = "\n".join(lines)
+    if study["silent count"].gt(0).any():
+        text += "\n\n" + fill("gap:reading")
+    return table, text

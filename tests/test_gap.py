@@ -1,0 +1,49 @@
+"""The gap study (issue 30): runs scored at epoch 10 the same way, and the classes a model with the author's
+256-logit head can no longer predict."""
+import dataclasses
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+import helpers as H
+from helpers.studies import gap
+
+TINY = dict(train_subset=200, test_subset=100)
+
+
+def test_a_run_is_scored_over_epochs_9_to_11_and_a_short_one_is_refused(fake_data, tmp_path):
+    config = dataclasses.replace(gap.gap_config("avgpool_author_head", epochs=2), **TINY)
+    run = H.fit(config, fake_data, run_name="short", results_dir=tmp_path, progress=False, verbose=False)
+    with pytest.raises(ValueError, match="has no epoch 9"):
+        gap.epoch10_score(run)
+    run.history = pd.DataFrame({"epoch": range(1, 13), "test_acc": [0.5] * 8 + [0.60, 0.70, 0.80, 0.90]})
+    score = gap.epoch10_score(run)
+    assert score["epochs 9-11 (%)"] == pytest.approx(70.0) and score["epoch 10 (%)"] == pytest.approx(70.0)
+    assert score["best of epochs 1-12 (%)"] == pytest.approx(90.0)
+
+
+def test_a_class_whose_relu_output_is_zero_everywhere_is_silent(fake_data, tmp_path):
+    run = H.fit(H.TrainConfig(model="avgpool", head="author", epochs=1, **TINY), fake_data, run_name="run",
+                results_dir=tmp_path, progress=False, verbose=False)
+    data = fake_data.__class__(fake_data.train, H.data.balanced_subset(fake_data.test, 100), fake_data.root,
+                               fake_data.official)
+    with torch.no_grad():                       # frog's output channel can never be above zero
+        run.model.conv7.weight[6].zero_()
+        run.model.conv7.bias[6] = -1.0
+    measured = gap.silent_classes(run, data)
+    assert "frog" in measured["silent"] and measured["output above zero %"][6] == 0
+    assert measured["accuracy %"][6] == 0
+    stored = json.loads((tmp_path / "run" / "classes.json").read_text())
+    assert stored["key"]["weights"] == H.files.weights_digest(run.model)
+    assert gap.silent_classes(run) == measured                # read back without data
+
+
+def test_the_study_reads_only_runs_whose_folder_says_what_they_are(fake_data, tmp_path):
+    config = dataclasses.replace(gap.gap_config("avgpool_author_head", "fp32", 1, epochs=1), **TINY)
+    H.fit(config, fake_data, run_name=gap.run_name("avgpool_author_head", None, "fp32", 1), results_dir=tmp_path,
+          progress=False, verbose=False)
+    with pytest.raises(ValueError, match="does not hold the run its folder names"):
+        gap.finished_gap_runs(tmp_path)            # trained on a subset: not the study's configuration
+    assert gap.gap_summary(tmp_path / "none")[1].startswith("No run of the gap study has finished yet")
