@@ -141,16 +141,20 @@ def select(only, names: list[str]) -> list[str]:
 RUN_WIDE = {"results_dir", "figures_dir", "data_root"}
 
 
-def check_parameters(params: dict, names: list[str]) -> None:
-    """Refuse a -p name that none of the notebooks to run declares (``RUN_WIDE`` aside): it would be dropped
-    without a word."""
-    declared = set(RUN_WIDE)
-    for name in names:
-        declared |= set(declared_parameters(source(name)))
-    unknown = sorted(set(params) - declared)
+def check_parameters(params: dict, names: list[str], everything: list[str]) -> None:
+    """Refuse a -p name that no notebook declares (a typo, or a setting the notebooks do not have), listing the
+    declared ones; name those that only notebooks outside ``names`` declare (``RUN_WIDE`` aside), so that no
+    parameter is dropped without a word."""
+    declared = {name: set(declared_parameters(source(name))) for name in everything}
+    known = set(RUN_WIDE).union(*declared.values())
+    unknown = sorted(set(params) - known)
     if unknown:
-        raise SystemExit(f"run_notebooks.py: no notebook to run declares the parameter(s) {', '.join(unknown)}; "
-                         f"they declare: {', '.join(sorted(declared))}")
+        raise SystemExit(f"run_notebooks.py: no notebook declares the parameter(s) {', '.join(unknown)}; the "
+                         f"declared ones are: {', '.join(sorted(known))}")
+    unused = sorted(set(params) - RUN_WIDE - set().union(*(declared[n] for n in names)))
+    if unused:
+        print(f"note: {', '.join(unused)} {'is' if len(unused) == 1 else 'are'} not used by the notebooks run "
+              f"({', '.join(n[:2] for n in names)})", flush=True)
 
 
 def tidy_sockets() -> None:
@@ -171,7 +175,7 @@ def main(argv=None) -> int:
     params = {k: parse_value(v) for k, v in args.p}
     everything = sorted({p.stem for p in numbered_notebooks(NOTEBOOKS)} | set(RENDERED))
     names = select(args.only, everything)
-    check_parameters(params, names)
+    check_parameters(params, names, everything)
     if args.output:
         args.output.mkdir(parents=True, exist_ok=True)
     tidy_sockets()

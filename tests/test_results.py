@@ -77,7 +77,7 @@ def test_differences_name_the_gap_and_the_measured_causes(tmp_path):
     (tmp_path / "studies").mkdir()
     pd.DataFrame({"model": ["a", "b"], "seeds": [3, 3], "epochs": [30, 30], "best mean": [70.5, 75.7],
                   "best sd": [0.5, 0.7], "best min": [70.0, 75.0], "best max": [71.0, 76.5],
-                  "final mean": [70.0, 75.0]}).to_csv(
+                  "final mean": [70.0, 75.0], "lowest loss epochs": ["6, 8, 6", "9, 8, 7"]}).to_csv(
         tmp_path / "studies" / "seeds.csv", index=False)
     runs["avgpool"].history["test_acc"] = 0.70     # 10 points below the author's 80.0
     text = results.differences(runs, tmp_path)

@@ -156,11 +156,14 @@ def test_a_final_run_reads_its_evaluation_set_once(fake_data, tmp_path):
 
 def test_the_authors_head_puts_mass_on_outputs_that_are_no_class(fake_data, tmp_path):
     run = _fit(fake_data, tmp_path, "author", model="avgpool", head="author", epochs=1)
-    share = S.unused_logit_share(run, H.normalize(fake_data.test.images[:50]))
+    test = H.normalize(H.training.image_sets(run.config, fake_data)[1].images)     # the run's own test images
+    with pytest.raises(H.training.RunDataError, match="measured on 100 test images"):
+        S.unused_logit_share(run, test[:50])                                     # never on a smaller set
+    share = S.unused_logit_share(run, test)
     assert 0 <= share["mass on unused outputs %"] < 100 and 0 <= share["predictions outside 0-9 %"] <= 100
     assert share["largest class output"] >= 0 and share["largest unused output"] >= 0   # ReLU outputs
     ten = _fit(fake_data, tmp_path, "ten", model="avgpool", epochs=1)
-    table = S.head_table({"avgpool": {"10-way": ten, "author": run}}, H.normalize(fake_data.test.images[:50]))
+    table = S.head_table({"avgpool": {"10-way": ten, "author": run}}, test)
     assert table["parameters"].tolist() == [1_132_842, 1_130_272]
     assert "256-logit head reaches" in S.head_findings(table)
     assert torch.isfinite(torch.tensor(table["final loss"].tolist())).all()

@@ -294,12 +294,18 @@ def test_the_runner_selects_only_numbered_notebooks_that_exist(tmp_path):
 
 
 def test_the_runner_refuses_a_parameter_no_notebook_declares():
-    result = subprocess.run([sys.executable, "scripts/run_notebooks.py", "--output", "build/never", "--only", "01", "06",
-                             "-p", "lr", "0.01", "-p", "results_dir", "elsewhere"],
-                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "scripts/run_notebooks.py", "--output", "build/never", "-p", "lr", "0.01",
+                             "-p", "lrr", "0.01"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
-    assert "no notebook to run declares the parameter(s) lr; they declare: " in result.stderr
+    assert "no notebook declares the parameter(s) lrr; the declared ones are: " in result.stderr
     assert "Traceback" not in result.stderr and not (REPO / "build" / "never").exists()
+
+
+def test_a_parameter_only_other_notebooks_use_is_named(capsys):
+    runner = _script("run_notebooks")
+    everything = sorted({p.stem for p in H.files.numbered_notebooks(REPO / "notebooks")} | set(runner.RENDERED))
+    runner.check_parameters({"lr": 0.01, "results_dir": "x"}, ["01_data_exploration"], everything)
+    assert capsys.readouterr().out == "note: lr is not used by the notebooks run (01)\n"
 
 
 # ---------------------------------------------------------------- data
