@@ -1,5 +1,5 @@
 # make test    - create .venv if needed, then run the test suite (offline, no CIFAR-10 needed)
-# make test-quick - the tests without the slow ones (notebooks, subprocesses): a first check in a minute or two
+# make test-quick - the tests without the slow ones (notebooks, subprocesses): a first check in a few minutes
 # make report  - get the data and execute every notebook in order, in place (full protocol), then rewrite
 #                the README's results; ONLY="01 06" limits it to some notebooks, RESULTS=dir trains into another folder,
 #                with its notebooks, figures and paper in build/dir/ (the committed report stays as it is)
