@@ -24,14 +24,14 @@ TABLES = REPO_ROOT / "report" / "tables"
 _FIELD = re.compile(r"\bd\.([A-Za-z_][A-Za-z0-9_]*)")
 
 
-def _signed(x: float, digits: int = 1) -> str:
-    """A signed number for prose, with a true minus sign."""
-    return f"{x:+.{digits}f}".replace("-", "−")
-
-
 def _minus(text: str) -> str:
     """A formatted number with a true minus sign (U+2212) where it is negative, as in the rest of the paper."""
     return text.replace("-", "−") if text[:1] == "-" else text
+
+
+def _signed(x: float, digits: int = 1) -> str:
+    """A signed number for prose, with a true minus sign."""
+    return _minus(f"{x:+.{digits}f}")
 
 
 def _pct(x: float, digits: int = 1) -> str:

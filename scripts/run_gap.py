@@ -9,7 +9,6 @@ JPEG pass). A finished run is read, not retrained; a killed one resumes from its
 official archive (``CIFAR10_ROOT`` pointing at it, or data/) the same command measures the same table there.
 """
 import argparse
-import itertools
 import sys
 
 import helpers as H
@@ -41,10 +40,10 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=gap.EPOCHS)
     args = parser.parse_args()
     plan = [parse_run(r) for r in args.runs]
-    if args.models:
-        plan += [parse_run(":".join(c)) for c in itertools.product(
-            args.seeds.split(","), args.models.split(","), args.data.split(","), args.precisions.split(","))
-            for c in [(c[1], c[2], c[3], c[0])]]
+    if args.models:           # seed by seed, so that every seed finished is a complete set
+        plan += [parse_run(f"{model}:{data}:{precision}:{seed}") for seed in args.seeds.split(",")
+                 for model in args.models.split(",") for data in args.data.split(",")
+                 for precision in args.precisions.split(",")]
     if not plan:
         parser.error("name runs, or give --models")
     for model, *_ in plan:
