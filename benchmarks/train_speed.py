@@ -166,7 +166,7 @@ def main(argv=None):
     print(machine, flush=True)
     rows = []
     for name in args.models:
-        train_flops = 3 * H.models.forward_flops(H.build_model(name))
+        train_flops = 3 * H.architecture.forward_flops(H.build_model(name))
         measured = {"original (fp32)": time_original(name, data, args.steps, args.warmup, args.eval_images),
                     "project fp32": time_project(name, data, args.steps, args.warmup, args.eval_images, "fp32"),
                     "project bf16": time_project(name, data, args.steps, args.warmup, args.eval_images, "bf16")}

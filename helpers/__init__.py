@@ -1,33 +1,48 @@
 """Shared code of the CIFAR-10 report: every notebook imports from here.
 
-One module per concern: ``files`` (project paths, atomic writes, the folder lock, cached
-measurements, the git state), ``device`` (device, precision, the setup banner), ``data`` (load, check,
-split, batch), ``models`` (the networks and ``Network``, their options checked), ``sanity`` (initial
-loss and one-batch checks), ``training`` (``TrainConfig`` and ``fit`` with checkpoints and resume),
-``evaluation`` (accuracy, loss, confusion matrix) and ``plots`` (style and
-``save_figure``), ``tables`` (how a table is shown), ``wording`` (the report's text templates in
-``report/text/``). ``results`` turns finished runs into tables and prose; ``summary`` gathers the numbers the README's first
-screen and the paper state; ``paper`` builds the written report (Typst) and exports its tables; ``studies`` does the same for
-the follow-up studies (a package, one module per study); ``explain`` (class activation
-maps, Grad-CAM) and ``calibration`` (reliability, temperature scaling) measure what finished models learned.
+What a student reads first (the lesson): ``models`` (the three networks as ``nn.Module`` classes, and
+the compact one), ``loop`` (one epoch of training, evaluation), ``data`` (load, check, split, batch),
+``evaluation`` (confusion matrix, per-class accuracy), ``architecture`` (layer tables) and ``plots``.
+
+How runs are made and kept: ``config`` (``TrainConfig``, every field checked), ``recipe`` (optimiser,
+schedules, weight averaging), ``training`` (``fit``: the loop with checkpoints, resume and a lock),
+``runs`` (a finished run read back and checked), ``files`` (paths, atomic writes, caches, the git state),
+``device`` (device, precision, the setup banner), ``sanity`` (initial loss, one-batch checks).
+
+The report around them: ``results`` (finished runs as tables and prose), ``summary`` (the README's first
+screen), ``paper`` (the written report), ``tables`` and ``wording`` (how tables, code and the text
+templates in ``report/text/`` are shown), ``studies`` (one module per follow-up study, and their
+figures), ``explain`` (class activation maps, Grad-CAM) and ``calibration`` (reliability, temperature
+scaling).
 """
-from . import (calibration, data, device, evaluation, explain, files, models, paper, plots, results, sanity, studies,
-               summary, tables, training, wording)
+from . import (architecture, calibration, config, data, device, evaluation, explain, files, loop, models, paper,
+               plots, recipe, results, runs, sanity, studies, summary, tables, training, wording)
+from .config import TrainConfig
 from .data import (CLASSES, CIFAR10, DataError, balanced_subset, channel_stats, examples_per_class, hold_out,
                    load_cifar10, normalize)
-from .evaluation import author_loss_scale, confusion_matrix, evaluate, per_class_accuracy, predict
-from .models import COLORS, MARKERS, MODELS, VARIANTS, Network, build_model, count_parameters, layer_table
-from .files import RunBusyError
-from .sanity import overfit_one_batch
 from .device import pick_device, print_setup
-from .training import DivergedError, Run, RunConflictError, RunDataError, TrainConfig, fit, load_run
+from .evaluation import author_loss_scale, confusion_matrix, per_class_accuracy
+from .files import RunBusyError
+from .loop import evaluate, predict, train_one_epoch
+from .models import (COLORS, MARKERS, MODELS, VARIANTS, AvgPoolDropoutNet, AvgPoolNet, CompactNet, FullyConnectedNet,
+                     Network, build_model, count_parameters)
+from .architecture import layer_table
+from .runs import DivergedError, Run, RunConflictError, RunDataError, load_run
+from .sanity import overfit_one_batch
+from .training import fit
 
 __all__ = [
-    "calibration", "data", "device", "evaluation", "explain", "files", "models", "paper", "plots", "results", "sanity", "studies", "summary",
-    "tables", "training", "wording",
+    "architecture", "calibration", "config", "data", "device", "evaluation", "explain", "files", "loop", "models", "paper", "plots",
+    "recipe", "results", "runs", "sanity", "studies", "summary", "tables", "training", "wording",
+    "TrainConfig",
     "CLASSES", "CIFAR10", "DataError", "balanced_subset", "channel_stats", "examples_per_class", "hold_out",
     "load_cifar10", "normalize",
-    "author_loss_scale", "confusion_matrix", "evaluate", "per_class_accuracy", "predict",
-    "COLORS", "MARKERS", "MODELS", "VARIANTS", "Network", "build_model", "count_parameters", "layer_table",
-    "DivergedError", "Run", "RunBusyError", "RunConflictError", "RunDataError", "TrainConfig", "fit", "load_run", "overfit_one_batch", "pick_device", "print_setup",
+    "pick_device", "print_setup",
+    "author_loss_scale", "confusion_matrix", "per_class_accuracy",
+    "RunBusyError",
+    "evaluate", "predict", "train_one_epoch",
+    "COLORS", "MARKERS", "MODELS", "VARIANTS", "AvgPoolDropoutNet", "AvgPoolNet", "CompactNet", "FullyConnectedNet",
+    "Network", "build_model", "count_parameters", "layer_table",
+    "DivergedError", "Run", "RunConflictError", "RunDataError", "load_run",
+    "overfit_one_batch", "fit",
 ]

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from .evaluation import predict
 from .files import cached, digest, weights_digest
 from .device import runnable_precision
-from .training import Run, check_measured_on
+from .runs import check_measured_on, Run
 
 BINS = 15
 SURE = 0.99          # "over 99% sure"

@@ -26,33 +26,46 @@ import torch.nn.functional as F
 
 from .evaluation import eval_mode
 from .files import cached, digest, project_path, weights_digest
-from .training import Run, check_measured_on
+from .runs import check_measured_on, Run
 
 CUT = "pool7"                                  # the maps are the input of this layer: 4x4 after conv7
 CENTRE = (slice(1, 3), slice(1, 3))            # the central 2x2 cells of a 4x4 map: the central 16x16 pixels
 
 
-def _parts(model: torch.nn.Sequential) -> tuple[torch.nn.Sequential, torch.nn.Sequential]:
-    names = [name for name, _ in model.named_children()]
-    if CUT not in names:
-        raise ValueError(f"class activation maps need one of the report's three models (a layer named {CUT!r})")
-    cut = names.index(CUT)
-    return model[:cut], model[cut:]
+def feature_maps(model: torch.nn.Module, images: torch.Tensor, leaf: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits of ``images`` and the 4x4 maps that enter ``pool7`` (after conv7 and its ReLU), taken
+    on the way through the model's own ``forward``. With ``leaf`` the maps are a new leaf tensor that the
+    rest of the forward pass uses, so that a gradient of the logits reaches them."""
+    cut = getattr(model, CUT, None)
+    if not isinstance(cut, torch.nn.MaxPool2d):
+        raise ValueError(f"class activation maps need one of the report's three models (a max-pool named {CUT!r})")
+    seen = {}
+
+    def keep(module, inputs):
+        maps = inputs[0].float()
+        seen["maps"] = maps.detach().requires_grad_(True) if leaf else maps
+        return (seen["maps"],) if leaf else None
+
+    handle = cut.register_forward_pre_hook(keep)
+    try:
+        logits = model(images)
+    finally:
+        handle.remove()
+    return logits, seen["maps"]
 
 
-def cam(model: torch.nn.Sequential, images: torch.Tensor, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+def cam(model: torch.nn.Module, images: torch.Tensor, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (N, 10) and class activation maps (N, 10, 4, 4) of an average-pooling model with the
     10-way head, for normalised ``images``; each map's cells plus the bias give that class's logit."""
-    names = dict(model.named_children())
-    if "avgpool" not in names or "classifier" not in names:
+    if not isinstance(getattr(model, "avgpool", None), torch.nn.AvgPool2d) or not isinstance(
+            getattr(model, "classifier", None), torch.nn.Linear):
         raise ValueError("CAM needs an average-pooling model with the 10-way head (models 2 and 3); "
                          "use grad_cam for the fully connected model")
-    body, _ = _parts(model)
     weight, bias = model.classifier.weight.float(), model.classifier.bias.float()
     all_logits, all_maps = [], []
     with eval_mode(model):
         for start in range(0, len(images), batch_size):
-            features = body(images[start:start + batch_size]).float()                    # N, K, 4, 4
+            features = feature_maps(model, images[start:start + batch_size])[1]          # N, K, 4, 4
             kept, where = F.max_pool2d(features, 2, return_indices=True)                  # N, K, 2, 2
             routed = torch.zeros_like(features).flatten(2).scatter_(2, where.flatten(2), kept.flatten(2))
             maps = torch.einsum("nkp,ck->ncp", routed, weight) / kept[0, 0].numel()       # mean over 2x2
@@ -61,19 +74,18 @@ def cam(model: torch.nn.Sequential, images: torch.Tensor, batch_size: int = 500)
     return torch.cat(all_logits), torch.cat(all_maps)
 
 
-def grad_cam(model: torch.nn.Sequential, images: torch.Tensor, classes: torch.Tensor | None = None,
+def grad_cam(model: torch.nn.Module, images: torch.Tensor, classes: torch.Tensor | None = None,
              batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits (N, 10) and Grad-CAM maps (N, 4, 4) of the 4x4 maps before pool7 for ``classes`` (one class
     per image; default: the predicted one)."""
-    body, head = _parts(model)
     was_training = model.training
     model.eval()
     all_logits, all_maps = [], []
     try:
         for start in range(0, len(images), batch_size):
             with torch.enable_grad():
-                features = body(images[start:start + batch_size]).float().detach().requires_grad_(True)
-                logits = head(features).float()
+                logits, features = feature_maps(model, images[start:start + batch_size], leaf=True)
+                logits = logits.float()
                 target = logits.argmax(1) if classes is None else classes[start:start + batch_size]
                 score = logits.gather(1, target.view(-1, 1).to(logits.device)).sum()
                 grads, = torch.autograd.grad(score, features)

@@ -1,8 +1,8 @@
-"""The report's three CNNs, built by name, and tools to inspect them.
+"""The report's three CNNs as plain ``nn.Module`` classes, and ``Network``, which names and builds one.
 
-All three share seven 3x3 convolutions (stride 1, padding 1, each followed by
-ReLU) with four 2x2/2 max-pools, turning a 3x32x32 image into 256x2x2 features.
-They differ only in what follows:
+``FullyConnectedNet``, ``AvgPoolNet`` and ``AvgPoolDropoutNet`` (models 1-3) share seven 3x3
+convolutions (stride 1, padding 1, each followed by ReLU) with four 2x2/2 max-pools, turning a 3x32x32
+image into 256x2x2 features (``SevenConvs``). They differ only in what follows:
 
 * ``fc``: flatten the 1,024 features, Linear 1024->1024, ReLU, Linear 1024->10.
 * ``avgpool``: average the 2x2 grid to 256 values, then Linear 256->10.
@@ -20,17 +20,15 @@ reported). ``head="author"`` reproduces the original 256-logit output.
 
 Beyond the report (notebook 09): ``convs`` keeps only the first 5 or 6
 convolutions of an average-pooling model, and ``compact`` is a different,
-deliberately small network (see ``build_compact``). A ``Network`` names one
+deliberately small network (``CompactNet``). A ``Network`` names one
 network with all its options, checks them, and builds it.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections import OrderedDict
 from dataclasses import dataclass
 
-import pandas as pd
 import torch
 from torch import nn
 
@@ -50,6 +48,22 @@ HEADS = ("linear", "author")
 CONV_CHANNELS = [(3, 16), (16, 32), (32, 64), (64, 128), (128, 128), (128, 256), (256, 256)]
 POOL_AFTER = {2, 4, 5, 7}       # conv numbers followed by a 2x2/2 max-pool
 DROPOUT_AFTER = {4, 5, 7}       # conv numbers followed by dropout in avgpool_dropout
+# Models of your own (``register``): name -> the class that builds one, called without arguments.
+CUSTOM: dict[str, type] = {}
+
+
+def register(name: str, cls: type, label: str | None = None) -> None:
+    """Make a model of your own trainable by name: ``TrainConfig(model=name)`` then builds ``cls()``, and
+    its ``config.json`` records ``name``. Register it again (same name, same class) in every session that
+    trains or loads its runs. ``label`` names it in figures (default: the name made readable)."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"a model's name must be a plain identifier (letters, digits, _); got {name!r}")
+    if name in MODELS and CUSTOM.get(name) is not cls:
+        raise ValueError(f"the name {name!r} is taken ({MODELS[name]}); register your model under another one")
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise TypeError(f"register takes an nn.Module class (not an instance); got {cls!r}")
+    CUSTOM[name] = cls
+    MODELS[name] = label or name.replace("_", " ").capitalize()
 
 
 class Dropout(nn.Dropout):
@@ -89,8 +103,9 @@ class Network:
     Options beyond the report (off by default): ``batchnorm`` puts a BatchNorm2d between each
     convolution (then without bias) and its ReLU; ``width`` scales every layer's channel count;
     ``convs`` (5 or 6, average-pooling models with the 10-way head) drops the last convolutions, and
-    with them most of the parameters. The rest apply to the compact network only (``build_compact``
-    says what they do).
+    with them most of the parameters; ``dropout`` is the rate of model 3's dropout layers. The rest apply
+    to the compact network only (``CompactNet`` says what they do). A model of your own (``register``)
+    takes none of them.
     """
     model: str = "fc"
     head: str = "linear"            # "author": the 256-logit output of models 2 and 3
@@ -102,16 +117,25 @@ class Network:
     bn_scale: bool = True           # compact: False fixes the BatchNorm scales at 1
     bn_momentum: float = 0.1        # compact: weight of each batch in BatchNorm's running statistics
     logit_scale: float = 1.0        # compact: multiply the logits by this
+    dropout: float = 0.5            # avgpool_dropout: the rate of its three dropout layers
 
     def __post_init__(self):
         if self.model not in MODELS:
-            raise ValueError(f"model must be one of {', '.join(MODELS)}; got {self.model!r}")
+            raise ValueError(f"model must be one of {', '.join(MODELS)}; got {self.model!r} (a model of your "
+                             "own: H.models.register it first, in this session)")
+        if self.model in CUSTOM:
+            changed = [f.name for f in dataclasses.fields(self)
+                       if f.name != "model" and getattr(self, f.name) != f.default]
+            if changed:
+                raise ValueError(f"{', '.join(changed)} cannot be set for {self.model!r}, a model of your own: give "
+                                 "its class the options it needs and register each version under its own name")
+            return
         if self.head not in HEADS:
             raise ValueError(f"head must be one of {', '.join(HEADS)} ('linear': 10-way, 'author': 256 logits); "
                              f"got {self.head!r}")
         if not _whole(self.convs):
             raise ValueError(f"convs must be a whole number; got {self.convs!r}")
-        for name in ("width", "bn_momentum", "logit_scale"):
+        for name in ("width", "bn_momentum", "logit_scale", "dropout"):
             if not _number(getattr(self, name)):
                 raise ValueError(f"{name} must be a finite number; got {getattr(self, name)!r}")
         if self.width <= 0:
@@ -119,9 +143,14 @@ class Network:
         if not 0 < self.bn_momentum <= 1 or self.logit_scale <= 0:
             raise ValueError(f"bn_momentum must be in (0, 1] and logit_scale positive; got {self.bn_momentum}, "
                              f"{self.logit_scale}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1); got {self.dropout}")
+        if self.dropout != 0.5 and self.model != "avgpool_dropout":
+            raise ValueError("dropout sets the rate of model 3's dropout layers: it applies to "
+                             "model='avgpool_dropout' only")
         if self.model == "compact":
             if self.head != "linear" or self.convs != 7:
-                raise ValueError("the compact network takes only the width option and its own (see build_compact)")
+                raise ValueError("the compact network takes only the width option and its own (see CompactNet)")
             return
         changed = [f.name for f in dataclasses.fields(self) if f.name in COMPACT_ONLY and getattr(self, f.name) != f.default]
         if changed:
@@ -146,47 +175,109 @@ class Network:
         on) are not those of evaluation (dropout off)."""
         return self.model == "avgpool_dropout" and self.batchnorm
 
-    def build(self) -> nn.Sequential:
+    def build(self) -> nn.Module:
         """The untrained network (a whitened stem is filled later, from the data: ``whiten_stem``)."""
+        if self.model in CUSTOM:
+            return CUSTOM[self.model]()
         if self.model == "compact":
-            return build_compact(self.width, self.dirac, self.bn_scale, self.bn_momentum, self.logit_scale)
-        return _build_report_model(self.model, self.head, self.batchnorm, self.width, self.convs)
+            return CompactNet(self.width, self.dirac, self.bn_scale, self.bn_momentum, self.logit_scale)
+        if self.model == "fc":
+            return FullyConnectedNet(self.width, self.batchnorm)
+        if self.model == "avgpool":
+            return AvgPoolNet(self.width, self.batchnorm, self.convs, self.head)
+        return AvgPoolDropoutNet(self.width, self.batchnorm, self.convs, self.head, self.dropout)
 
 
 # The options that only the compact network takes.
 COMPACT_ONLY = ("whiten", "dirac", "bn_scale", "bn_momentum", "logit_scale")
 
 
-def build_model(name: str, head: str = "linear", **options) -> nn.Sequential:
+def build_model(name: str, head: str = "linear", **options) -> nn.Module:
     """``Network(name, head, **options).build()``: one of the report's variants (``head="author"`` keeps the
     256-logit output of models 2 and 3) or, with ``name="compact"``, the follow-up network."""
     return Network(name, head, **options).build()
 
 
-def _build_report_model(name: str, head: str, batchnorm: bool, width: float, convs: int,
-                        dropout: float = 0.5) -> nn.Sequential:
-    channels = [(c_in if i == 0 else max(4, round(c_in * width)), max(4, round(c_out * width)))
-                for i, (c_in, c_out) in enumerate(CONV_CHANNELS[:convs])]
-    layers: list[tuple[str, nn.Module]] = []
-    for i, (c_in, c_out) in enumerate(channels, start=1):
-        layers.append((f"conv{i}", nn.Conv2d(c_in, c_out, 3, stride=1, padding=1, bias=not batchnorm)))
-        if batchnorm:
-            layers.append((f"bn{i}", nn.BatchNorm2d(c_out)))
-        layers.append((f"relu{i}", nn.ReLU()))
-        if name == "avgpool_dropout" and i in DROPOUT_AFTER:
-            layers.append((f"drop{i}", Dropout(dropout)))
-        if i in POOL_AFTER:
-            layers.append((f"pool{i}", nn.MaxPool2d(2, stride=2)))
-    features = channels[-1][1]
-    if name == "fc":
-        layers += [("flatten", nn.Flatten()), ("fc1", nn.Linear(4 * features, 1024)), ("relu_fc", nn.ReLU()),
-                   ("fc2", nn.Linear(1024, 10))]
-    else:
-        side = 32 // 2 ** len(POOL_AFTER & set(range(1, convs + 1)))   # 2x2 after all seven convolutions
-        layers += [("avgpool", nn.AvgPool2d(side)), ("flatten", nn.Flatten())]
-        if head == "linear":
-            layers.append(("classifier", nn.Linear(features, 10)))
-    return nn.Sequential(OrderedDict(layers))
+def conv_channels(width: float = 1.0, convs: int = 7) -> list[tuple[int, int]]:
+    """(in, out) channels of the first ``convs`` convolutions, each layer's width scaled by ``width``."""
+    scaled = [3] + [max(4, round(c_out * width)) for _, c_out in CONV_CHANNELS[:convs]]
+    return list(zip(scaled[:-1], scaled[1:]))
+
+
+class SevenConvs(nn.Module):
+    """What the three report models share: seven 3x3 convolutions (stride 1, padding 1), each followed by
+    a ReLU, with 2x2 max-pools after conv2, conv4, conv5 and conv7 (32x32 -> 2x2).
+
+    Options beyond the report replace a do-nothing ``nn.Identity`` by a real layer: ``batchnorm`` puts a
+    BatchNorm2d between each convolution (then without bias) and its ReLU, ``dropout`` > 0 adds dropout
+    after the ReLU of conv4, conv5 and conv7 (model 3), ``width`` scales the channels and ``convs`` (5 or
+    6) keeps only the first convolutions.
+    """
+
+    def __init__(self, width: float = 1.0, batchnorm: bool = False, dropout: float = 0.0, convs: int = 7):
+        super().__init__()
+        for i, (c_in, c_out) in enumerate(conv_channels(width), start=1):
+            kept = i <= convs
+            self.add_module(f"conv{i}", nn.Conv2d(c_in, c_out, kernel_size=3, stride=1, padding=1,
+                                                  bias=not batchnorm) if kept else nn.Identity())
+            self.add_module(f"bn{i}", nn.BatchNorm2d(c_out) if kept and batchnorm else nn.Identity())
+            self.add_module(f"relu{i}", nn.ReLU() if kept else nn.Identity())
+            if i in DROPOUT_AFTER:
+                self.add_module(f"drop{i}", Dropout(dropout) if kept and dropout else nn.Identity())
+            if i in POOL_AFTER:
+                self.add_module(f"pool{i}", nn.MaxPool2d(kernel_size=2, stride=2) if kept else nn.Identity())
+        self.out_channels = conv_channels(width, convs)[-1][1]
+        self.out_side = 32 // 2 ** len(POOL_AFTER & set(range(1, convs + 1)))    # 2 after all seven
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Images (N, 3, 32, 32) -> feature maps (N, 256, 2, 2); shapes at width 1, all seven convolutions."""
+        x = self.relu1(self.bn1(self.conv1(x)))                               # 16 x 32 x 32
+        x = self.pool2(self.relu2(self.bn2(self.conv2(x))))                   # 32 x 16 x 16
+        x = self.relu3(self.bn3(self.conv3(x)))                               # 64 x 16 x 16
+        x = self.pool4(self.drop4(self.relu4(self.bn4(self.conv4(x)))))       # 128 x 8 x 8
+        x = self.pool5(self.drop5(self.relu5(self.bn5(self.conv5(x)))))       # 128 x 4 x 4
+        x = self.relu6(self.bn6(self.conv6(x)))                               # 256 x 4 x 4
+        return self.pool7(self.drop7(self.relu7(self.bn7(self.conv7(x)))))    # 256 x 2 x 2
+
+
+class FullyConnectedNet(SevenConvs):
+    """Model 1: the seven convolutions, then two fully connected layers on the flattened maps."""
+
+    def __init__(self, width: float = 1.0, batchnorm: bool = False):
+        super().__init__(width, batchnorm)
+        self.flatten = nn.Flatten()
+        self.fc1 = nn.Linear(self.out_channels * self.out_side ** 2, 1024)
+        self.relu_fc = nn.ReLU()
+        self.fc2 = nn.Linear(1024, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.flatten(self.features(x))      # 256 x 2 x 2 -> 1,024 values
+        x = self.relu_fc(self.fc1(x))           # 1,024 hidden units
+        return self.fc2(x)                      # 10 class scores (logits)
+
+
+class AvgPoolNet(SevenConvs):
+    """Model 2: the seven convolutions, each feature map averaged to one value, then a 10-way classifier.
+    ``head="author"`` returns the 256 averages themselves, as the author's notebook did (256 logits)."""
+
+    def __init__(self, width: float = 1.0, batchnorm: bool = False, convs: int = 7, head: str = "linear",
+                 dropout: float = 0.0):
+        super().__init__(width, batchnorm, dropout, convs)
+        self.avgpool = nn.AvgPool2d(self.out_side)
+        self.flatten = nn.Flatten()
+        self.classifier = nn.Linear(self.out_channels, 10) if head == "linear" else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.flatten(self.avgpool(self.features(x)))     # 256 x 2 x 2 -> 256 averages
+        return self.classifier(x)                            # 10 class scores (author's head: the 256 averages)
+
+
+class AvgPoolDropoutNet(AvgPoolNet):
+    """Model 3: model 2 with dropout (p = 0.5) after the ReLU of conv4, conv5 and conv7."""
+
+    def __init__(self, width: float = 1.0, batchnorm: bool = False, convs: int = 7, head: str = "linear",
+                 dropout: float = 0.5):
+        super().__init__(width, batchnorm, convs, head, dropout)
 
 
 class Scale(nn.Module):
@@ -203,8 +294,7 @@ class Scale(nn.Module):
         return f"factor={self.factor:g}"
 
 
-def build_compact(width: float = 1.0, dirac: bool = False, bn_scale: bool = True, bn_momentum: float = 0.1,
-                  logit_scale: float = 1.0) -> nn.Sequential:
+class CompactNet(nn.Module):
     """A small all-convolutional network in the style of fast CIFAR-10 trainers (airbench, ResNet-9 DAWNBench).
 
     A 2x2 stem (24 channels, no padding: 32x32 -> 31x31), then three blocks of [3x3 conv, 2x2 max-pool,
@@ -217,36 +307,47 @@ def build_compact(width: float = 1.0, dirac: bool = False, bn_scale: bool = True
     Details of the airbench trainers, off by default: ``dirac`` starts every 3x3 convolution as partly
     the identity (its first filters pass their input channel through), so that the untrained network
     already carries the image forward; ``bn_scale=False`` fixes the BatchNorm scales at 1 (only the
-    shifts learn); ``bn_momentum`` is the weight of each batch in the running statistics (PyTorch's
-    0.1; airbench uses 0.6, so the statistics follow weights that change fast); ``logit_scale``
-    multiplies the logits (airbench: 1/9).
+    shifts learn); ``bn_momentum`` is PyTorch's BatchNorm momentum, the weight of each new batch in the
+    running statistics (PyTorch's default 0.1); ``logit_scale`` multiplies the logits (airbench: 1/9).
     """
-    widths = [max(8, round(w * width)) for w in COMPACT_WIDTHS]
-    stem = 2 * 3 * 2 * 2    # two filters (one per sign) per dimension of a 2x2x3 patch; not scaled by width
-    layers: list[tuple[str, nn.Module]] = [("conv0", nn.Conv2d(3, stem, 2, padding=0, bias=False)),
-                                           ("bn0", nn.BatchNorm2d(stem)), ("relu0", nn.ReLU())]
-    c_in = stem
-    for b, c in enumerate(widths, start=1):
-        layers += [(f"conv{b}a", nn.Conv2d(c_in, c, 3, padding=1, bias=False)), (f"pool{b}", nn.MaxPool2d(2)),
-                   (f"bn{b}a", nn.BatchNorm2d(c)), (f"relu{b}a", nn.ReLU()),
-                   (f"conv{b}b", nn.Conv2d(c, c, 3, padding=1, bias=False)),
-                   (f"bn{b}b", nn.BatchNorm2d(c)), (f"relu{b}b", nn.ReLU())]
-        c_in = c
-    layers += [("maxpool", nn.MaxPool2d(3)), ("flatten", nn.Flatten()), ("classifier", nn.Linear(c_in, 10))]
-    if logit_scale != 1:
-        layers.append(("scale", Scale(logit_scale)))
-    model = nn.Sequential(OrderedDict(layers))
-    for module in model.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.momentum = bn_momentum
-            module.weight.requires_grad_(bn_scale)
-        elif dirac and isinstance(module, nn.Conv2d) and module.kernel_size == (3, 3):
-            with torch.no_grad():
-                nn.init.dirac_(module.weight[:module.in_channels])
-    return model
+
+    def __init__(self, width: float = 1.0, dirac: bool = False, bn_scale: bool = True, bn_momentum: float = 0.1,
+                 logit_scale: float = 1.0):
+        super().__init__()
+        widths = [max(8, round(w * width)) for w in COMPACT_WIDTHS]
+        stem = 2 * 3 * 2 * 2    # two filters (one per sign) per dimension of a 2x2x3 patch; not scaled by width
+        self.conv0, self.bn0, self.relu0 = nn.Conv2d(3, stem, 2, padding=0, bias=False), nn.BatchNorm2d(stem), nn.ReLU()
+        c_in = stem
+        for b, c in enumerate(widths, start=1):
+            for name, layer in ((f"conv{b}a", nn.Conv2d(c_in, c, 3, padding=1, bias=False)), (f"pool{b}", nn.MaxPool2d(2)),
+                                (f"bn{b}a", nn.BatchNorm2d(c)), (f"relu{b}a", nn.ReLU()),
+                                (f"conv{b}b", nn.Conv2d(c, c, 3, padding=1, bias=False)),
+                                (f"bn{b}b", nn.BatchNorm2d(c)), (f"relu{b}b", nn.ReLU())):
+                self.add_module(name, layer)
+            c_in = c
+        self.maxpool, self.flatten, self.classifier = nn.MaxPool2d(3), nn.Flatten(), nn.Linear(c_in, 10)
+        self.scale = Scale(logit_scale) if logit_scale != 1 else nn.Identity()
+        for module in self.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.momentum = bn_momentum
+                module.weight.requires_grad_(bn_scale)
+            elif dirac and isinstance(module, nn.Conv2d) and module.kernel_size == (3, 3):
+                with torch.no_grad():
+                    nn.init.dirac_(module.weight[:module.in_channels])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu0(self.bn0(self.conv0(x)))                       # stem: 24 x 31 x 31
+        x = self.relu1a(self.bn1a(self.pool1(self.conv1a(x))))        # block 1: 64 x 15 x 15
+        x = self.relu1b(self.bn1b(self.conv1b(x)))
+        x = self.relu2a(self.bn2a(self.pool2(self.conv2a(x))))        # block 2: 256 x 7 x 7
+        x = self.relu2b(self.bn2b(self.conv2b(x)))
+        x = self.relu3a(self.bn3a(self.pool3(self.conv3a(x))))        # block 3: 256 x 3 x 3
+        x = self.relu3b(self.bn3b(self.conv3b(x)))
+        x = self.flatten(self.maxpool(x))                             # 256 values
+        return self.scale(self.classifier(x))                         # 10 class scores
 
 
-def whiten_stem(model: nn.Sequential, images: torch.Tensor, eps: float = 5e-4) -> None:
+def whiten_stem(model: nn.Module, images: torch.Tensor, eps: float = 5e-4) -> None:
     """Set the compact network's 2x2 stem to whiten the 2x2x3 patches of ``images`` and freeze it.
 
     The patch covariance has 12 eigenvectors; each becomes a filter scaled by 1/sqrt(eigenvalue + eps),
@@ -266,79 +367,3 @@ def whiten_stem(model: nn.Sequential, images: torch.Tensor, eps: float = 5e-4) -
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def layer_table(model: nn.Module, input_shape=(3, 32, 32)) -> pd.DataFrame:
-    """Per layer: output shape, parameters, forward FLOPs per image (2 per multiply-add) and the
-    theoretical receptive field in input pixels (it may exceed the 32-pixel image)."""
-    rows, rf, jump = [], 1, 1
-    x = torch.zeros(1, *input_shape)
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        for name, layer in model.named_children():
-            x = layer(x)
-            flops = 0
-            if isinstance(layer, nn.Conv2d):
-                k = layer.kernel_size[0]
-                flops = 2 * x.numel() * layer.in_channels * k * k // layer.groups
-                rf, jump = rf + (k - 1) * jump, jump * layer.stride[0]
-            elif isinstance(layer, (nn.MaxPool2d, nn.AvgPool2d)):
-                k = layer.kernel_size if isinstance(layer.kernel_size, int) else layer.kernel_size[0]
-                s = layer.stride if isinstance(layer.stride, int) else layer.stride[0]
-                rf, jump = rf + (k - 1) * jump, jump * s
-            elif isinstance(layer, nn.Linear):
-                flops = 2 * layer.in_features * layer.out_features
-            rows.append({"layer": name, "type": type(layer).__name__,
-                         "output": "x".join(map(str, x.shape[1:])),
-                         "parameters": sum(p.numel() for p in layer.parameters()),
-                         "MFLOPs": flops / 1e6,
-                         "receptive field": rf})
-    model.train(was_training)
-    return pd.DataFrame(rows)
-
-
-def compare(names=tuple(VARIANTS), head: str = "linear") -> pd.DataFrame:
-    """One row per variant: parameters, the share in the head, FLOPs per image, receptive field."""
-    rows = {}
-    for name in names:
-        table = layer_table(build_model(name, head))
-        conv = table["type"] == "Conv2d"
-        params = int(table["parameters"].sum())
-        fwd = float(table["MFLOPs"].sum())
-        rows[VARIANTS[name]] = {
-            "parameters": params,
-            "convolution parameters": int(table.loc[conv, "parameters"].sum()),
-            "head parameters": params - int(table.loc[conv, "parameters"].sum()),
-            "head share %": 100 * (params - table.loc[conv, "parameters"].sum()) / params,
-            "forward MFLOPs/image": fwd,
-            "training MFLOPs/image (~3x forward)": 3 * fwd,
-            "receptive field of conv7 (px)": int(table.loc[table["layer"] == "conv7", "receptive field"].iloc[0]),
-        }
-    return pd.DataFrame(rows).T
-
-
-def design_checks(model: nn.Sequential) -> pd.DataFrame:
-    """The author's four design choices, each checked on a built model."""
-    table = layer_table(model)
-    convs = [m for m in model if isinstance(m, nn.Conv2d)]
-    pools = [m for m in model if isinstance(m, nn.MaxPool2d)]
-    spatial = table["output"].str.split("x").str[1:]
-    conv_rows = [i for i in table.index if table.loc[i, "type"] == "Conv2d" and i > 0]
-    size_kept = all(spatial[i - 1] == spatial[i] for i in conv_rows) and spatial[0] == ["32", "32"]
-    return pd.DataFrame({
-        "choice": ["padding 1 keeps the size of every convolution's input", "stride 1 in every convolution",
-                   "only 3x3 filters", "2x2 pools with stride 2 never overlap"],
-        "holds": [size_kept and all(c.padding == (1, 1) for c in convs), all(c.stride == (1, 1) for c in convs),
-                  all(c.kernel_size == (3, 3) for c in convs), all(p.kernel_size == p.stride == 2 for p in pools)],
-    })
-
-
-def forward_flops(model: nn.Module) -> float:
-    """Forward FLOPs per image (convolutions and linear layers)."""
-    return float(layer_table(model)["MFLOPs"].sum() * 1e6)
-
-
-def expected_initial_loss(num_classes: int = 10) -> float:
-    """Cross-entropy of a uniform guess: ln(num_classes)."""
-    return math.log(num_classes)

@@ -17,7 +17,8 @@ import pandas as pd
 from . import results, studies, summary
 from .files import REPO_ROOT, atomic_write, numbered_notebooks, project_path, read_json, read_study_table, shown_path
 from .models import VARIANTS
-from .training import REFRESH_IMAGES, load_run
+from .recipe import REFRESH_IMAGES
+from .runs import load_run
 
 PAPER = REPO_ROOT / "report" / "paper.typ"
 TABLES = REPO_ROOT / "report" / "tables"
@@ -117,12 +118,54 @@ def booktabs(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+_RANGE = re.compile(r"(-?[\d.]+)\s*[–-]\s*(-?[\d.]+)")
+_MISSING = {"", "–", "-", "—"}
+
+
+def _number(text: str) -> float | None:
+    """A displayed number as a float ("2,190,122", "+0.8", "−1.2"), None if it is not one."""
+    try:
+        return float(text.replace(",", "").replace("−", "-").removeprefix("+"))
+    except ValueError:
+        return None
+
+
+def numeric_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The table as numbers for a spreadsheet: thousands separators and signs dropped, a missing value
+    empty, a range ("73.9–75.3") split into low and high columns, and the "~" of a difference within the
+    noise moved into a column of its own (``<column> within noise``). Text columns stay text."""
+    out = {}
+    for column in table.columns:
+        values = table[column]
+        if pd.api.types.is_numeric_dtype(values) or pd.api.types.is_bool_dtype(values):
+            out[column] = values
+            continue
+        cells = ["" if pd.isna(v) else str(v).strip() for v in values]
+        present = [c for c in cells if c not in _MISSING]
+        flagged = [c.endswith("~") for c in cells]
+        bare = [c.rstrip("~").strip() for c in cells]
+        if present and all(_RANGE.fullmatch(c) for c in present):
+            pairs = [_RANGE.fullmatch(c).groups() if c not in _MISSING else (None, None) for c in cells]
+            out[f"{column} low"] = pd.to_numeric([p[0] for p in pairs])
+            out[f"{column} high"] = pd.to_numeric([p[1] for p in pairs])
+        elif present and all(_number(b) is not None for b, c in zip(bare, cells) if c not in _MISSING):
+            numbers = pd.Series([None if c in _MISSING else _number(b) for b, c in zip(bare, cells)], dtype=float)
+            out[column] = numbers.astype("Int64") if (numbers.dropna() % 1 == 0).all() and "." not in "".join(bare) \
+                else numbers
+            if any(flagged):
+                out[f"{column} within noise"] = [f if c not in _MISSING else None for f, c in zip(flagged, cells)]
+        else:
+            out[column] = values
+    return pd.DataFrame(out)
+
+
 def export_tables(found: dict[str, pd.DataFrame], folder=TABLES) -> None:
-    """Each table as ``<name>.csv`` and ``<name>.tex`` in ``folder`` (written atomically)."""
+    """Each table as ``<name>.csv`` (numbers: ``numeric_table``) and ``<name>.tex`` (formatted, for the paper)
+    in ``folder``, each file written atomically."""
     folder = project_path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     for name, table in found.items():
-        for suffix, text in ((".csv", table.to_csv(index=False)), (".tex", booktabs(table))):
+        for suffix, text in ((".csv", numeric_table(table).to_csv(index=False)), (".tex", booktabs(table))):
             atomic_write(folder / f"{name}{suffix}", lambda f, t=text: f.write(t.encode()))
 
 

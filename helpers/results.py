@@ -16,7 +16,8 @@ from .evaluation import predict
 from .files import cached, digest, project_path, read_study_table, replace_sections, shown_path, weights_digest
 from .models import VARIANTS
 from .device import runnable_precision
-from .training import Run, RunDataError, TrainConfig, check_measured_on, load_run
+from .config import TrainConfig
+from .runs import check_measured_on, load_run, Run, RunDataError
 from .wording import fill
 
 # The original report's results (SPEC.md): one unseeded run per model on a Colab GPU.

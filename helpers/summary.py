@@ -6,7 +6,7 @@ from __future__ import annotations
 from . import calibration, explain, results, studies
 from .files import project_path, read_json
 from .models import VARIANTS
-from .training import load_run
+from .runs import load_run
 
 
 def learned_fields(results_dir="results") -> dict:

@@ -44,7 +44,7 @@ def test_author_loss_scale_is_about_one_64th():
 
 
 def test_test_time_views_average_the_flip_and_the_shifts():
-    from helpers.evaluation import _shift
+    from helpers.loop import _shift
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
     moved = _shift(x, 1, 1)
     assert torch.equal(moved[..., 1:, 1:], x[..., :-1, :-1])          # content moves down and right

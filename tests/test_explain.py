@@ -52,7 +52,7 @@ def test_grad_cam_of_an_average_pooling_model_is_known_in_closed_form():
     target = torch.arange(6)
     _, maps = E.grad_cam(model, images, target)
     with torch.no_grad():
-        features = E._parts(model)[0](images)
+        features = E.feature_maps(model, images)[1]
     expected = torch.relu(torch.einsum("nkhw,nk->nhw", features, model.classifier.weight[target]) / 16)
     assert torch.allclose(maps, expected, atol=1e-5)
     found = E.maps_for({"avgpool": model}, images, target)["avgpool"]
@@ -113,7 +113,7 @@ def test_temperature_recovers_a_known_temperature_and_keeps_every_prediction():
 def test_calibration_is_measured_once_and_kept_beside_the_run(tmp_path, fake_data, monkeypatch):
     run = H.fit(H.TrainConfig(model="avgpool", epochs=1, train_subset=100, test_subset=50), fake_data,
                 results_dir=tmp_path, verbose=False)
-    _, test = H.training.image_sets(run.config, fake_data)
+    _, test = H.runs.image_sets(run.config, fake_data)
     x, y = H.normalize(test.images), test.labels
     first = C.calibration(run, x, y)
     assert (run.path / "calibration.json").exists()

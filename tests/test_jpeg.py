@@ -55,7 +55,7 @@ def test_runs_on_a_jpeg_copy_say_so_and_are_tabulated_against_distortion(fake_da
     with pytest.raises(ValueError, match="jpeg.csv or .*reference.json is not what notebook 09 writes"):
         jpeg.measured_cost(tmp_path)
     H.plots.use_style()
-    paths = H.plots.save_figure(H.plots.jpeg_sensitivity(study.points, study.cost), "jpeg_sensitivity", tmp_path)
+    paths = H.plots.save_figure(H.studies.figures.jpeg_sensitivity(study.points, study.cost), "jpeg_sensitivity", tmp_path)
     assert all(p.stat().st_size > 0 for p in paths)
 
 

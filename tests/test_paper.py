@@ -39,3 +39,22 @@ def test_the_paper_builds_from_the_committed_results(tmp_path):
         assert (tmp_path / "tables" / f"{name}.csv").exists() and (tmp_path / "tables" / f"{name}.tex").exists()
     committed = REPO / "report" / "tables" / "accuracy.csv"
     assert (tmp_path / "tables" / "accuracy.csv").read_text() == committed.read_text()   # the committed tables are current
+
+
+def test_every_exported_csv_holds_numbers_a_spreadsheet_reads():
+    import re
+    formatted = re.compile(r"^[+−-]?[\d,]+(\.\d+)?\s*~?$|^[\d.]+\s*–\s*[\d.]+$|^[–—]$")
+    csvs = sorted((H.files.REPO_ROOT / "report" / "tables").glob("*.csv"))
+    assert csvs
+    for path in csvs:
+        table = pd.read_csv(path)
+        for column in table.columns:
+            if not pd.api.types.is_numeric_dtype(table[column]) and not pd.api.types.is_bool_dtype(table[column]):
+                odd = [v for v in table[column].dropna().astype(str) if formatted.match(v.strip())]
+                assert not odd, f"{path.name}: column {column!r} holds numbers as text: {odd[:3]}"
+    # the converter itself: separators, signs, ranges, flags and missing values
+    shown = pd.DataFrame({"n": ["2,190,122", "–"], "gain": ["+0.8 ~", "−1.2"], "range": ["73.9–75.3", "1.0–2.0"]})
+    table = H.paper.numeric_table(shown)
+    assert table["n"].tolist()[0] == 2190122 and pd.isna(table["n"].tolist()[1])
+    assert table["gain"].tolist() == [0.8, -1.2] and table["gain within noise"].tolist() == [True, False]
+    assert table["range low"].tolist() == [73.9, 1.0] and table["range high"].tolist() == [75.3, 2.0]

@@ -66,3 +66,21 @@ def test_committed_figures_embed_truetype_fonts_not_type3():
     for pdf in pdfs:
         data = pdf.read_bytes()
         assert b"/Type3" not in data, f"{pdf.name} uses Type 3 fonts"
+
+
+def test_an_exported_figure_leaves_its_title_to_the_caption(tmp_path):
+    import helpers as H
+    import matplotlib.pyplot as plt
+
+    def draw(title):
+        fig, ax = plt.subplots(figsize=(3, 2))
+        ax.plot([0, 1], [0, 1])
+        if title:
+            fig.suptitle(title)
+        return fig
+    titled, plain = draw("A title"), draw(None)
+    a = H.plots.save_figure(titled, "titled", tmp_path / "a")
+    b = H.plots.save_figure(plain, "titled", tmp_path / "b")
+    assert [p.read_bytes() for p in a] == [p.read_bytes() for p in b]
+    assert titled._suptitle.get_text() == "A title"          # the notebook still shows it
+    plt.close("all")

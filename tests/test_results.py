@@ -7,7 +7,8 @@ import pandas as pd
 
 import helpers as H
 from helpers import results
-from helpers.training import Run, TrainConfig
+from helpers.config import TrainConfig
+from helpers.runs import Run
 
 
 def _run(name, loss, acc):

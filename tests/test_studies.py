@@ -156,8 +156,8 @@ def test_a_final_run_reads_its_evaluation_set_once(fake_data, tmp_path):
 
 def test_the_authors_head_puts_mass_on_outputs_that_are_no_class(fake_data, tmp_path):
     run = _fit(fake_data, tmp_path, "author", model="avgpool", head="author", epochs=1)
-    test = H.normalize(H.training.image_sets(run.config, fake_data)[1].images)     # the run's own test images
-    with pytest.raises(H.training.RunDataError, match="measured on 100 test images"):
+    test = H.normalize(H.runs.image_sets(run.config, fake_data)[1].images)     # the run's own test images
+    with pytest.raises(H.runs.RunDataError, match="measured on 100 test images"):
         S.unused_logit_share(run, test[:50])                                     # never on a smaller set
     share = S.unused_logit_share(run, test)
     assert 0 <= share["mass on unused outputs %"] < 100 and 0 <= share["predictions outside 0-9 %"] <= 100
@@ -199,7 +199,7 @@ def test_final_seed_runs_are_read_only_when_they_are_the_same_recipe(tmp_path, f
     runs = S.finished_final_seeds(tmp_path)
     assert list(runs) == [0, 1]
     assert S.final_seed_table(runs)["one view (%)"].isna().all()          # nothing measured yet, nothing trained
-    _, test = H.training.image_sets(config, fake_data)
+    _, test = H.runs.image_sets(config, fake_data)
     table = S.final_seed_table(runs, H.normalize(test.images), test.labels)
     assert (tmp_path / "final_seeds" / "seed1" / "one_view.json").exists()
     assert S.final_seed_table(runs)["one view (%)"].tolist() == table["one view (%)"].tolist()

@@ -171,24 +171,24 @@ def test_options_are_validated():
 def test_bn_shifts_get_their_own_rate_and_the_triangle_schedule_peaks_early():
     config = H.TrainConfig(model="compact", width=0.25, optimizer="sgd", lr=0.5, weight_decay=1e-3, bias_lr=64,
                            bn_scale=False, schedule="triangle", epochs=2)
-    model = H.training.make_model(config)
-    opt = H.training.make_optimizer(config, model)
+    model = H.recipe.make_model(config)
+    opt = H.recipe.make_optimizer(config, model)
     main, shifts = opt.param_groups
     bn = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert {id(p) for p in shifts["params"]} == {id(m.bias) for m in bn}
     assert not any(id(m.weight) in {id(p) for p in main["params"]} for m in bn)     # fixed scales: not trained
     assert shifts["lr"] == 32.0 and shifts["lr"] * shifts["weight_decay"] == pytest.approx(main["lr"] * main["weight_decay"])
-    sched = H.training.make_schedule(config, opt, steps_per_epoch=50)
+    sched = H.recipe.make_schedule(config, opt, steps_per_epoch=50)
     lrs = []
     for _ in range(100):
         lrs.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()
     assert lrs[0] == pytest.approx(0.1) and max(lrs) == pytest.approx(0.5, rel=0.02)
-    assert 20 <= lrs.index(max(lrs)) <= 24 and lrs[-1] == pytest.approx(0.5 * H.training.triangle(0.99))
-    assert H.training.triangle(1.0) == pytest.approx(0.07)
+    assert 20 <= lrs.index(max(lrs)) <= 24 and lrs[-1] == pytest.approx(0.5 * H.recipe.triangle(0.99))
+    assert H.recipe.triangle(1.0) == pytest.approx(0.07)
     assert opt.param_groups[1]["lr"] == pytest.approx(64 * opt.param_groups[0]["lr"])
-    plain = H.training.make_optimizer(H.TrainConfig(model="avgpool"), H.build_model("avgpool"))
+    plain = H.recipe.make_optimizer(H.TrainConfig(model="avgpool"), H.build_model("avgpool"))
     assert len(plain.param_groups) == 1     # the report's Adam: one group, every parameter
 
 
@@ -216,7 +216,7 @@ def test_bn_refresh_needs_batchnorm_and_changes_evaluation_not_training(fake_dat
     assert all(torch.equal(plain.model.state_dict()[k], fresh.model.state_dict()[k]) for k in weights)
     # the saved statistics are the refreshed ones, so a loaded run evaluates as it was reported
     loaded = H.load_run(tmp_path / "fresh")
-    _, test = H.training.image_sets(loaded.config, fake_data)
+    _, test = H.runs.image_sets(loaded.config, fake_data)
     x, y = H.data.to_device(test, "cpu")
     assert H.evaluation.evaluate(loaded.model, x, y)["accuracy"] == pytest.approx(fresh.history["test_acc"].iloc[-1])
     assert not torch.equal(plain.model.state_dict()["bn1.running_var"], fresh.model.state_dict()["bn1.running_var"])
@@ -225,8 +225,8 @@ def test_bn_refresh_needs_batchnorm_and_changes_evaluation_not_training(fake_dat
 def test_one_cycle_schedule_ends_near_zero_and_options_train(fake_data, tmp_path):
     config = H.TrainConfig(model="avgpool_dropout", schedule="onecycle", augment="flip_crop", batchnorm=True,
                            label_smoothing=0.1, tta_flip=True, **TINY)
-    opt = torch.optim.Adam(H.training.make_model(config).parameters(), lr=config.lr)
-    sched = H.training.make_schedule(config, opt, steps_per_epoch=5)
+    opt = torch.optim.Adam(H.recipe.make_model(config).parameters(), lr=config.lr)
+    sched = H.recipe.make_schedule(config, opt, steps_per_epoch=5)
     lrs = []
     for _ in range(9):      # the rate used by the 10th and last step is set by the 9th scheduler step
         opt.step()
@@ -239,7 +239,7 @@ def test_one_cycle_schedule_ends_near_zero_and_options_train(fake_data, tmp_path
 
 def test_lookahead_pulls_the_weights_towards_their_slow_average():
     model = torch.nn.Linear(2, 1, bias=False)
-    la = H.training.Lookahead(start=0.5, every=2, base=0.9)
+    la = H.recipe.Lookahead(start=0.5, every=2, base=0.9)
     with torch.no_grad():
         model.weight.fill_(1.0)
     la.step(model, 1, 10)                      # before the start: nothing happens

@@ -193,7 +193,7 @@ HISTORY_FAULTS = [
 @pytest.mark.parametrize("damage, message", HISTORY_FAULTS, ids=["edited", "row removed", "empty", "binary", "renamed"])
 def test_a_damaged_history_is_refused_by_name(run_folder, damage, message):
     damage(run_folder / "history.csv")
-    with pytest.raises(H.training.RunDataError, match=message) as info:
+    with pytest.raises(H.runs.RunDataError, match=message) as info:
         H.load_run(run_folder)
     assert "history.csv" in str(info.value)
 
@@ -203,7 +203,7 @@ def test_a_configuration_missing_a_field_is_not_filled_in(run_folder, fake_data)
     del saved["epochs"]
     (run_folder / "config.json").write_text(json.dumps(saved))
     (run_folder / "metrics.json").unlink()                # not finished: fit reads config.json
-    with pytest.raises(H.training.RunDataError, match=r"config.json is not a valid configuration \(the field\(s\) "
+    with pytest.raises(H.runs.RunDataError, match=r"config.json is not a valid configuration \(the field\(s\) "
                                                      r"epochs are missing\)"):
         H.fit(H.TrainConfig(model="fc", **TINY), fake_data, run_name="fc", results_dir=run_folder.parent,
               progress=False, verbose=False)
@@ -215,7 +215,7 @@ def test_swapped_run_folders_are_refused(fake_data, tmp_path):
               progress=False, verbose=False)
     (tmp_path / "avgpool").rename(tmp_path / "swap")
     (tmp_path / "avgpool_dropout").rename(tmp_path / "avgpool")
-    with pytest.raises(H.training.RunDataError, match=r"holds a run of avgpool_dropout .* not avgpool"):
+    with pytest.raises(H.runs.RunDataError, match=r"holds a run of avgpool_dropout .* not avgpool"):
         H.results.load_runs(tmp_path)
 
 
@@ -243,7 +243,7 @@ def test_a_retrained_run_is_measured_again_and_a_wrong_length_cache_too(run_fold
 def test_a_smaller_test_set_never_replaces_a_runs_measurements(run_folder, fake_data):
     run = H.load_run(run_folder)
     x, _ = H.data.to_device(H.data.balanced_subset(fake_data.test, 50), "cpu")
-    with pytest.raises(H.training.RunDataError, match=r"measured on 100 test images .* but 50 were given"):
+    with pytest.raises(H.runs.RunDataError, match=r"measured on 100 test images .* but 50 were given"):
         H.results.test_predictions(run, x)
     assert not (run_folder / "test_predictions.json").exists()
 

@@ -18,8 +18,8 @@ from .final import (choose_final, final_run_name, final_seed_fields, final_seed_
                     final_summary, finished_final_seeds, found_fields, one_view_accuracy, precision_fields, recipe_table,
                     save_final)
 from .heads import head_findings, head_table, unused_logit_share  # noqa: F401
-from .ladder import (EVAL_ONLY, Step, accuracy_se, airbench_optimiser, batchnorm_refresh,  # noqa: F401
+from .ladder import (Step, accuracy_se, airbench_optimiser, batchnorm_refresh,  # noqa: F401
                      batchnorm_refresh_findings, default_ladder, hypothesis_fields, hypothesis_verdict,
                      ladder_configs, ladder_findings, run_ladder, with_noise)
-from . import gap, jpeg, precision  # noqa: F401
+from . import figures, gap, jpeg, precision  # noqa: F401
 from .seeds import history_prefix, seed_checks, seed_checks_markdown, seed_spread, seed_study, seed_table  # noqa: F401

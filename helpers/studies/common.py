@@ -7,7 +7,9 @@ from pathlib import Path
 import pandas as pd
 
 from ..files import atomic_write, project_path
-from ..training import Run, TrainConfig, fit, load_run
+from ..config import TrainConfig
+from ..runs import load_run, Run
+from ..training import fit
 
 
 def _studies_folder(results_dir) -> Path:

@@ -13,7 +13,9 @@ from .. import data as D
 from ..evaluation import evaluate
 from ..files import cached, digest, project_path, read_json, save_json, weights_digest
 from ..device import runnable_precision
-from ..training import Run, TrainConfig, check_measured_on, fit, load_run
+from ..config import TrainConfig
+from ..runs import check_measured_on, load_run, Run
+from ..training import fit
 from ..wording import fill, pieces, unwrap
 from .common import _studies_folder
 

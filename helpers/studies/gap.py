@@ -24,7 +24,8 @@ import torch
 
 from .. import data as D
 from ..files import cached, digest, project_path, read_json, weights_digest
-from ..training import Run, TrainConfig, check_measured_on, load_run
+from ..config import TrainConfig
+from ..runs import check_measured_on, load_run, Run
 from ..wording import fill
 from .common import read_or_train
 from .jpeg import jpeg_copy
@@ -139,6 +140,10 @@ def report_runs(results_dir="results") -> dict[tuple, Run]:
     return runs
 
 
+def _and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
 def _label(model_key: str) -> str:
     from ..models import VARIANTS
     model, head = GAP_MODELS[model_key]
@@ -188,12 +193,13 @@ def gap_summary(results_dir="results") -> tuple[pd.DataFrame, str]:
         ours, author = report["epochs 9-11 (%)"].iloc[0], report["author epoch 10 (%)"].iloc[0]
         silent = fp32[fp32["silent count"] > 0]
         lines.append(fill("gap:model", name=name, author=author, ours=ours, ours_precision=report["precision"].iloc[0],
-                          fp32=fp32["epochs 9-11 (%)"].mean(),
-                          seeds=("seed " if len(fp32) == 1 else "seeds ") + ", ".join(str(s) for s in fp32["seed"]),
+                          fp32=_and([f"{r['epochs 9-11 (%)']:.1f}% (seed {r['seed']})" for _, r in fp32.iterrows()]),
                           report_silent=report["silent classes at the end"].iloc[0],
                           silent=fill("gap:silent", classes="; ".join(
                               f"{r['silent classes at the end']} (seed {r['seed']})" for _, r in silent.iterrows()))
-                          if len(silent) else fill("gap:none_silent")))
+                          if len(silent) else fill("gap:none_silent"))
+                     + (" " + fill("gap:spread", spread=fp32["epochs 9-11 (%)"].max() - fp32["epochs 9-11 (%)"].min(),
+                                   gap=author - ours) if len(fp32) > 1 else ""))
     text = "\n".join(lines)
     if study["silent count"].gt(0).any():
         text += "\n\n" + fill("gap:reading")

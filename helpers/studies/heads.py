@@ -9,7 +9,7 @@ from ..evaluation import device_of, predict
 from ..files import cached, digest, weights_digest
 from ..models import VARIANTS
 from ..device import runnable_precision
-from ..training import Run, check_measured_on
+from ..runs import check_measured_on, Run
 from ..wording import fill
 from .common import _share
 

@@ -24,7 +24,8 @@ from PIL import Image
 
 from .. import data as D
 from ..files import cached, digest, project_path, read_json, shown_path
-from ..training import Run, TrainConfig, load_run
+from ..config import TrainConfig
+from ..runs import load_run, Run
 from ..wording import fill
 from .common import read_or_train, save_table
 

@@ -15,13 +15,12 @@ from ..evaluation import evaluate, refresh_batchnorm
 from ..files import cached, project_path, shown_path, weights_digest
 from ..models import batchnorm_layers
 from ..device import pick_device, runnable_precision
-from ..training import (REFRESH_IMAGES, Run, TrainConfig, check_measured_on, fit, image_sets, load_run,
-                        model_to_evaluate, refresh_images)
+from ..config import EVAL_FIELDS, TrainConfig
+from ..recipe import model_to_evaluate, REFRESH_IMAGES, refresh_images
+from ..runs import check_measured_on, image_sets, load_run, Run
+from ..training import fit
 from ..wording import fill
 from .common import save_table
-
-
-EVAL_ONLY = {"tta_flip", "tta_shift", "bn_refresh"}    # options that change only how a trained model is evaluated
 
 
 def airbench_optimiser(batch_size: int = 1024) -> dict:
@@ -107,7 +106,7 @@ def run_ladder(steps: list[Step], start: TrainConfig, data: D.CIFAR10, results_d
     for step in steps:
         config = configs[step.name]
         folder = project_path(results_dir) / "ladder" / step.name
-        eval_only = step.base is not None and set(step.changes) <= EVAL_ONLY
+        eval_only = step.base is not None and set(step.changes) <= set(EVAL_FIELDS)
         loaded = (folder / ("evaluation.json" if eval_only else "metrics.json")).exists()   # finished before this call
         if eval_only:
             run = runs[step.base]

@@ -19,7 +19,8 @@ import pandas as pd
 from .. import data as D
 from ..files import project_path, shown_path
 from ..models import VARIANTS
-from ..training import Run, TrainConfig, load_run
+from ..config import TrainConfig
+from ..runs import load_run, Run
 from ..wording import fill
 from .common import read_or_train, save_table
 

@@ -12,7 +12,9 @@ from ..models import VARIANTS
 from ..results import overfits
 from ..device import pick_device, resolve_precision
 from ..files import project_path, shown_path
-from ..training import Run, TrainConfig, fit, load_run
+from ..config import TrainConfig
+from ..runs import load_run, Run
+from ..training import fit
 from ..wording import fill
 from .common import SHORT_NAMES
 
