@@ -1,7 +1,8 @@
 # make test    - create .venv if needed, then run the test suite (offline, no CIFAR-10 needed)
 # make test-quick - the tests without the slow ones (notebooks, subprocesses): a first check in a few minutes
 # make report  - get the data and execute every notebook in order, in place (full protocol), then rewrite
-#                the README's results; ONLY="01 06" limits it to some notebooks, RESULTS=dir trains into another folder,
+#                the README's headline and docs/using.md's times; ONLY="01 06" limits it to some notebooks,
+#                RESULTS=dir trains into another folder,
 #                with its notebooks, figures and paper in build/dir/ (the committed report stays as it is)
 # make quick   - a short CPU version (subset, few epochs) into build/quick, results-quick, figures-quick
 # make paper   - build the written report report/report.pdf from the results (seconds; make report ends with it)

@@ -81,12 +81,20 @@ class MarkerError(ValueError):
     """A generated region of a hand-written file has a missing, doubled or misplaced marker."""
 
 
-def replace_sections(path, sections: dict[str, str]) -> None:
-    """Replace each generated region ``<!-- name:start -->`` ... ``<!-- name:end -->`` of a hand-written
-    file by its new text, all at once and atomically. Every marker must appear exactly once, each start
-    before its end, regions not nested: otherwise nothing is written and the error names the marker and
-    its lines, since guessing where a region ends could replace hand-written text."""
-    path = Path(path)
+def replace_sections(pages, sections: dict[str, str] | None = None) -> None:
+    """Replace each generated region ``<!-- name:start -->`` ... ``<!-- name:end -->`` of hand-written
+    files by its new text: ``replace_sections(path, {name: text})``, or ``replace_sections({path: {name:
+    text}})`` for several files. Every marker must appear exactly once, each start before its end,
+    regions not nested: otherwise nothing is written, in any of the files, and the error names the marker
+    and its lines, since guessing where a region ends could replace hand-written text. Each file is then
+    replaced whole (``write_text``)."""
+    pages = {pages: sections} if sections is not None else pages
+    texts = {Path(path): _with_sections(Path(path), regions) for path, regions in pages.items()}
+    for path, text in texts.items():
+        write_text(path, text)
+
+
+def _with_sections(path: Path, sections: dict[str, str]) -> str:
     if not path.exists():
         raise MarkerError(f"{shown_path(path)} does not exist; restore it from git (git checkout -- {path.name})")
     text = path.read_text()
@@ -118,7 +126,7 @@ def replace_sections(path, sections: dict[str, str]) -> None:
         out += [text[last:a], f"{start}\n{sections[name].strip()}\n{end}"]
         last = b
     out.append(text[last:])
-    write_text(path, "".join(out))
+    return "".join(out)
 
 
 def save_json(obj, path) -> None:

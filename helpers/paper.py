@@ -107,7 +107,7 @@ def booktabs(table: pd.DataFrame) -> str:
         text = str(value).replace("\\", "\x00")
         for a, b in (("&", r"\&"), ("%", r"\%"), ("$", r"\$"), ("#", r"\#"), ("_", r"\_"), ("{", r"\{"),
                      ("}", r"\}"), ("~", r"\textasciitilde{}"), ("^", r"\^{}"), ("↳", r"$\hookrightarrow$"),
-                     ("–", "--")):
+                     ("–", "--"), ("\u2212", "$-$")):
             text = text.replace(a, b)
         return text.replace("\x00", r"\textbackslash{}")
     align = "".join("l" if i == 0 or table[c].str.contains("[a-z]", regex=True).any() else "r"
@@ -160,13 +160,17 @@ def numeric_table(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def export_tables(found: dict[str, pd.DataFrame], folder=TABLES) -> None:
-    """Each table as ``<name>.csv`` (numbers: ``numeric_table``) and ``<name>.tex`` (formatted, for the paper)
-    in ``folder``, each file written atomically."""
+    """Each table as ``<name>.csv`` (numbers for a spreadsheet: ``numeric_table``), ``<name>.tex`` (formatted,
+    booktabs) and ``formatted/<name>.csv`` (the cells as the paper prints them) in ``folder``, each file
+    written atomically."""
     folder = project_path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "formatted").mkdir(parents=True, exist_ok=True)
     for name, table in found.items():
-        for suffix, text in ((".csv", numeric_table(table).to_csv(index=False)), (".tex", booktabs(table))):
-            atomic_write(folder / f"{name}{suffix}", lambda f, t=text: f.write(t.encode()))
+        shown = table.map(lambda v: re.sub(r"^-(?=\d)", "\u2212", v) if isinstance(v, str) else v)  # true minus
+        for path, text in ((folder / f"{name}.csv", numeric_table(table).to_csv(index=False)),
+                           (folder / f"{name}.tex", booktabs(shown)),
+                           (folder / "formatted" / f"{name}.csv", shown.to_csv(index=False))):
+            atomic_write(path, lambda f, t=text: f.write(t.encode()))
 
 
 def fields(results_dir="results", notebooks_dir=REPO_ROOT / "notebooks") -> dict[str, str]:

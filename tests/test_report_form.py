@@ -69,12 +69,30 @@ def test_notebook_diffs_go_through_nbdime_cell_by_cell():
     assert [d["key"] for d in diff] == ["cells"]          # the change is found in the cells, not elsewhere
 
 
-def test_every_figure_is_listed_in_the_readme_and_every_listed_figure_exists():
-    readme = (REPO / "README.md").read_text()
-    table = readme[readme.index("## Figures"):readme.index("\n## ", readme.index("## Figures") + 1)]
+def test_every_figure_is_listed_in_the_figure_list_and_every_listed_figure_exists():
+    table = (REPO / "figures" / "README.md").read_text()
     listed = {name for row in table.splitlines() if row.startswith("| `")
               for name in re.findall(r"`(\w+)`", row.split("|")[1])}
     exported = {p.stem for p in (REPO / "figures").glob("*.pdf")}
-    assert exported - listed == set(), "figures missing from the README's figure table"
+    assert exported - listed == set(), "figures missing from figures/README.md"
     # a figure notebook 09 draws only once some run exists may be listed before it is exported
-    assert listed - exported <= {"jpeg_sensitivity"}, "the README lists figures that were never exported"
+    assert listed - exported <= {"jpeg_sensitivity"}, "figures/README.md lists figures that were never exported"
+
+
+def test_the_readme_is_a_front_page_and_its_generated_sentences_are_short():
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.split()) <= 1200, f"the README has {len(readme.split())} words; the details go to docs/"
+    for part in ("## Two commands", "## Open the notebooks", "## Data", "## Layout", "report/report.pdf",
+                 "docs/using.md"):
+        assert part in readme, part
+    headline = readme[readme.index("<!-- headline:start -->"):readme.index("<!-- headline:end -->")]
+    units, unit = [], []                     # paragraphs and bullets, each then cut into sentences
+    for line in headline.splitlines()[1:]:
+        if not line.strip() or line.startswith(("- ", "|", "!", "_")):
+            units.append(" ".join(unit))
+            unit = [line[2:]] if line.startswith("- ") else []
+        else:
+            unit.append(line)
+    units.append(" ".join(unit))
+    sentences = [s for u in units for s in re.split(r"(?<=[.!?])\s+(?=[A-Z0-9])", u) if s.strip()]
+    assert sentences and max(len(s.split()) for s in sentences) <= 45, max(sentences, key=lambda s: len(s.split()))

@@ -82,11 +82,14 @@ def test_a_damaged_marker_stops_the_writer_and_nothing_is_written(tmp_path, edit
 
 
 def _update_readme(tmp_path, monkeypatch):
-    """update_readme.py writing into a copy of the README (so a test that fails cannot rewrite the real one)."""
+    """update_readme.py writing into a copy of the README and docs/using.md (so a test that fails cannot rewrite
+    the real ones)."""
     update = _script("update_readme")
     copy = tmp_path / "project"
     copy.mkdir()
     shutil.copy(REPO / "README.md", copy / "README.md")
+    (copy / "docs").mkdir()
+    shutil.copy(REPO / "docs" / "using.md", copy / "docs" / "using.md")
     (copy / "notebooks").symlink_to(REPO / "notebooks")
     monkeypatch.setattr(update, "REPO", copy)
     return update, copy / "README.md"
@@ -384,10 +387,10 @@ def test_a_corrupt_study_summary_leaves_the_readme_whole(tmp_path, monkeypatch):
         if entry.name != "studies":
             (results / entry.name).symlink_to(entry)
     shutil.copytree(REPO / "results" / "studies", results / "studies")
-    (results / "studies" / "final.json").write_text('{"step": "compa')
+    (results / "studies" / "cam_statistics.json").write_text('{"key": "compa')
     update, readme = _update_readme(tmp_path, monkeypatch)
     before = readme.read_bytes()
-    with pytest.raises(SystemExit, match=r"README.md was not changed: .*final.json is not readable JSON"):
+    with pytest.raises(SystemExit, match=r"README.md was not changed: .*cam_statistics.json is not readable JSON"):
         update.main(["--results", str(results)])
     assert readme.read_bytes() == before
 
@@ -400,3 +403,15 @@ def test_a_trial_report_into_another_results_folder_never_touches_the_committed_
     assert "update_readme.py" not in plan and "build/results-trial/report.pdf" in plan
     committed = subprocess.run(["make", "-n", "report"], cwd=REPO, capture_output=True, text=True, timeout=60).stdout
     assert "--in-place" in committed and "update_readme.py --results results" in committed
+
+
+def test_update_readme_writes_both_pages_or_neither(tmp_path, monkeypatch):
+    update, readme = _update_readme(tmp_path, monkeypatch)
+    using = readme.parent / "docs" / "using.md"
+    update.main([])
+    assert "| Fully connected head |" in readme.read_text() and "| `01_data_exploration` |" in using.read_text()
+    using.write_text(using.read_text().replace("<!-- times:end -->", ""))       # a damaged marker in the second page
+    before = readme.read_bytes(), using.read_bytes()
+    with pytest.raises(SystemExit, match=r"README.md was not changed: .*using.md: the marker <!-- times:end --> is missing"):
+        update.main([])
+    assert (readme.read_bytes(), using.read_bytes()) == before

@@ -204,3 +204,19 @@ def gap_summary(results_dir="results") -> tuple[pd.DataFrame, str]:
     if study["silent count"].gt(0).any():
         text += "\n\n" + fill("gap:reading")
     return table, text
+
+
+def seed_spread(results_dir="results") -> dict | None:
+    """The widest spread between the fp32 seeds of one model on the copy at epochs 9-11 (the README's line):
+    the model, the number of seeds and the spread in points; None before two seeds of a model have finished."""
+    table = runs_table(results_dir)
+    if not len(table):
+        return None
+    study = table[(table["run"] == "gap study") & (table["precision"] == "fp32") & (table["data"] == "copy")]
+    spreads = [(rows["epochs 9-11 (%)"].max() - rows["epochs 9-11 (%)"].min(), name, len(rows))
+               for name, rows in study.groupby("model", sort=False) if len(rows) > 1]
+    if not spreads:
+        return None
+    spread, name, seeds = max(spreads)
+    number = {_label(key): i for i, key in enumerate(GAP_MODELS, start=1)}[name]
+    return {"name": f"model {number}", "seeds": seeds, "spread": spread}
