@@ -244,3 +244,16 @@ def test_bf16_against_fp32_over_seeds_with_its_standard_error():
     assert slow["budget_met"] == "over" and slow["budget_line"].startswith("Even the fastest run (seed 0, bf16) took 21")
     assert "holds" not in slow["budget_line"] and "{" not in H.wording.fill("09_found", **slow)
     assert "{" not in H.wording.fill("09_found", **found)
+
+
+def test_a_gap_between_models_is_judged_by_welchs_t():
+    import pandas as pd
+    a = pd.Series({"best mean": 79.1, "best sd": 0.19, "seeds": 3})
+    b = pd.Series({"best mean": 77.3, "best sd": 0.74, "seeds": 3})
+    from helpers.studies.seeds import welch
+    out = welch(a, b)
+    se = (0.19 ** 2 / 3 + 0.74 ** 2 / 3) ** 0.5
+    assert out["t"] == pytest.approx(1.8 / se) and 2 < out["df"] < 3
+    assert out["verdict"] == "within the seed noise"           # t about 4.1 on 2 df: below 4.303
+    c = pd.Series({"best mean": 77.3, "best sd": 0.1, "seeds": 3})
+    assert welch(a, c)["verdict"] == "beyond the seed noise"

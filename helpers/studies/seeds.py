@@ -122,13 +122,27 @@ def seed_checks_markdown(checks: list[dict]) -> str:
     return "\n".join(lines) + "\n\n" + fill("seeds:checks_summary", solid=len(solid), n=len(checks))
 
 
+def welch(a: pd.Series, b: pd.Series) -> dict:
+    """Welch's t for the difference of two models' mean best accuracies over their seeds (unpaired: other
+    models, other runs), its Welch-Satterthwaite degrees of freedom, and whether it passes the two-sided
+    95% point of Student's t (taken at the whole degrees of freedom below, the cautious side)."""
+    from .precision import _T95
+    va, vb = a["best sd"] ** 2 / a["seeds"], b["best sd"] ** 2 / b["seeds"]
+    se = math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / (a["seeds"] - 1) + vb ** 2 / (b["seeds"] - 1))
+    t = (a["best mean"] - b["best mean"]) / se
+    beyond = abs(t) > _T95.get(max(1, math.floor(df)), 1.96)
+    return {"t": t, "df": df, "verdict": "beyond the seed noise" if beyond else "within the seed noise"}
+
+
 def seed_spread(table: pd.DataFrame) -> str:
     """How the seed-to-seed spread compares with the gaps between the models, in one paragraph."""
     if len(table) < 2:
         return ""
     spread = table["best max"] - table["best min"]
     order = table["best mean"].sort_values()
-    gaps = ", ".join(fill("seeds:gap", upper=order.index[i + 1], lower=order.index[i],
-                          gap=order.iloc[i + 1] - order.iloc[i]) for i in range(len(order) - 1))
+    gaps = ", ".join(fill("seeds:gap", upper=upper, lower=lower, gap=table.loc[upper, "best mean"] -
+                          table.loc[lower, "best mean"], **welch(table.loc[upper], table.loc[lower]))
+                     for lower, upper in zip(order.index[:-1], order.index[1:]))
     return fill("seeds:spread", seeds=int(table["seeds"].min()), spread=spread.max(), widest=spread.idxmax(),
                 sd=table["best sd"].max(), gaps=gaps)
