@@ -82,8 +82,8 @@ def test_differences_name_the_gap_and_the_measured_causes(tmp_path):
         tmp_path / "studies" / "seeds.csv", index=False)
     runs["avgpool"].history["test_acc"] = 0.70     # 10 points below the author's 80.0
     text = results.differences(runs, tmp_path)
-    assert "up to 1.5 points" in text and "up to about 3.5 points" in text
-    assert "the gap of Average pooling is larger than that" in text
+    assert "up to 1.5 points" in text and "add up to about 3.5 points" in text and "not an explanation" in text
+    assert "the gap of Average pooling is larger than this yardstick" in text
     # once notebook 09 has estimated the copy's JPEG cost, the band uses it (its upper end) instead of the claim
     pd.DataFrame({"quality": ["copy as it is", "50"], "psnr (dB)": [np.inf, 28.1], "added mse": [0.0, 100.0],
                   "test acc (%)": [90.0, 88.0], "seeds": [6, 2], "sd": [0.2, 0.2],
@@ -117,12 +117,22 @@ def test_each_authors_number_sits_beside_the_run_of_the_same_design():
     epochs = results.epoch_table(runs).set_index("model")
     assert epochs.loc["Fully connected head", "lowest loss epoch"] == 5
     assert epochs.loc["Fully connected head", "author lowest loss epoch"] == 5
+    assert epochs.loc["Average pooling", "author lowest loss epoch"] is pd.NA    # 10-way only: nothing like it
+    paired = results.epoch_table(runs, {"avgpool_author_head": head})
+    avg = paired[paired["model"] == "Average pooling"]
+    assert list(avg["output"]) == ["256 logits (author's)", "10-way (ours)"]
+    assert avg["author best epoch"].iloc[0] == results.AUTHOR.loc["avgpool", "best epoch"]
+    assert avg["author best epoch"].iloc[1] is pd.NA
 
 
 def test_the_expectation_check_says_when_a_run_behaves_unlike_the_authors():
     runs = _author_like()
     assert "As expected, the test loss turns upward early" in results.expectation(runs["fc"])
-    assert "As expected, the test loss does not climb back" in results.expectation(runs["avgpool_dropout"])
+    author_like = dataclasses.replace(runs["avgpool_dropout"], config=TrainConfig(model="avgpool_dropout", head="author"))
+    assert "As expected, the test loss does not climb back" in results.expectation(author_like)
+    # our 10-way variant is not set beside the author's 256-logit run
+    variant = results.expectation(runs["avgpool_dropout"])
+    assert "not set beside the author's run" in variant and "points below" not in variant
     steady = _run("fc", np.linspace(1.5, 0.5, 100), np.full(100, 0.70))
     text = results.expectation(steady)
     assert text.startswith("**Compared with the report.** Unlike what we expected") and "7.3 points below" in text
