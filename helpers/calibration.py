@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .evaluation import predict
+from .facts import facts
 from .files import cached, digest, weights_digest
 from .device import runnable_precision
 from .runs import check_measured_on, Run
@@ -184,6 +185,10 @@ def model_fields(name: str, measured: dict, rise: dict) -> dict:
             "loss_before": s["loss"], "loss_after": t["loss"], "climb": climb}
 
 
+# How the calibration's numbers are stated (``helpers/facts.py``), by the start of the field's name.
+FORMS = {"ece_": "%1", "sure_": "%0", "removed_": "%0", "t_": "ratio2", "acc_lost_": "points1"}
+
+
 def report_fields(measured: dict, rises: dict, runs: dict, names: dict) -> dict:
     """Fields of ``report/text/calibration.md`` and ``10_found.md``: ``measured``/``rises``/``runs`` map
     a run name (``fc``, ``avgpool``, ``avgpool_dropout``, ``final``) to its ``calibration``, ``loss_rise``
@@ -207,10 +212,12 @@ def report_fields(measured: dict, rises: dict, runs: dict, names: dict) -> dict:
     f["precision_note"] = "" if not changed else fill(
         "calibration_precision", measured_in=measured[changed[0]]["precision"],
         trained_in=", ".join(sorted({runs[n].config.precision for n in changed})), shift=shift)
-    removed = [rises[n]["climb removed"] for n in ("fc", "avgpool")]
     for n in ("fc", "avgpool"):      # accuracy lost from the best epoch to the last (percentage points)
         acc = runs[n].history["test_acc"] * 100
         f[f"acc_lost_{n}"] = float(acc.max() - acc.iloc[-1])
+    f = facts("calibration", f, {k: short for pattern, short in FORMS.items()
+                                 for k in f if k.startswith(pattern)}, [*measured])
+    removed = [f["removed_fc"], f["removed_avgpool"]]
     f["climb_paragraph"] = "" if any(r != r for r in removed) else fill(
         "calibration_climb_summary", removed_fc=removed[0], removed_avgpool=removed[1],
         acc_lost_fc=f["acc_lost_fc"], acc_lost_avgpool=f["acc_lost_avgpool"],

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .evaluation import eval_mode
+from .facts import facts
 from .files import cached, digest, project_path, weights_digest
 from .runs import check_measured_on, Run
 
@@ -195,9 +196,16 @@ def cam_fields(stats: dict) -> dict:
         _verdict(gaps, 0)]
     mean_r = sum(stats["agreement (true class)"].values()) / len(stats["agreement (true class)"])
     fields["agree_verdict"] = "little" if mean_r < 0.3 else "moderately" if mean_r < 0.6 else "closely"
-    fields["centre_range"] = f"{min(shares):.0f}-{max(shares):.0f}%"
     fields["r_max"] = max(stats["agreement (true class)"].values())
+    fields = facts("cams", fields, {k: short for k in fields for start, short in CAM_FORMS.items()
+                                    if k.startswith(start)})
+    order = sorted(SHORT, key=lambda n: models[n]["centre share"])
+    fields["centre_range"] = f"{fields['share_' + SHORT[order[0]]]}–{fields['share_' + SHORT[order[-1]]]}%"
     return fields
+
+
+# How the statistics are stated (``helpers/facts.py``), by the start of the field's name.
+CAM_FORMS = {"images": "count", "share_": "%0", "right_": "%0", "wrong_": "%0", "gc_": "r2", "r_": "r2"}
 
 
 def pick_examples(predicted: dict, labels: torch.Tensor, n: int = 4, wrong_for: str = "avgpool") -> list[int]:

@@ -1,5 +1,5 @@
-"""The written report, ``report/report.pdf``: its numbers gathered from ``results/`` (as formatted strings
-in ``report/tables/paper.json``), its tables exported for reuse (``report/tables/<name>.csv`` and a LaTeX
+"""The written report, ``report/report.pdf``: its numbers gathered from ``results/`` (``summary.report_facts``,
+stored with their values, units, uncertainties, sources and texts in ``report/tables/facts.json``), its tables exported for reuse (``report/tables/<name>.csv`` and a LaTeX
 ``booktabs`` version ``<name>.tex``), and ``report/paper.typ`` compiled with Typst (the ``typst``
 package bundles the compiler and its fonts, so nothing else is installed). The prose lives in
 ``paper.typ``; a field it uses that the results do not supply is an error naming the field.
@@ -7,7 +7,6 @@ package bundles the compiler and its fonts, so nothing else is installed). The p
 from __future__ import annotations
 
 import json
-import math
 import re
 import tempfile
 from pathlib import Path
@@ -15,37 +14,17 @@ from pathlib import Path
 import pandas as pd
 
 from . import results, studies, summary
-from .files import REPO_ROOT, atomic_write, numbered_notebooks, project_path, read_json, read_study_table, shown_path
+from .facts import Fact, render
+from .files import REPO_ROOT, atomic_write, project_path, read_json, read_study_table, shown_path
 from .models import VARIANTS
-from .recipe import REFRESH_IMAGES
-from .runs import load_run
 
 PAPER = REPO_ROOT / "report" / "paper.typ"
 TABLES = REPO_ROOT / "report" / "tables"
 _FIELD = re.compile(r"\bd\.([A-Za-z_][A-Za-z0-9_]*)")
 
 
-def _minus(text: str) -> str:
-    """A formatted number with a true minus sign (U+2212) where it is negative, as in the rest of the paper."""
-    return text.replace("-", "−") if text[:1] == "-" else text
-
-
-def _signed(x: float, digits: int = 1) -> str:
-    """A signed number for prose, with a true minus sign."""
-    return _minus(f"{x:+.{digits}f}")
-
-
 def _pct(x: float, digits: int = 1) -> str:
-    return "–" if x != x else f"{x:.{digits}f}"
-
-
-_JPEG_FORMS = {"qualities": "{}", "seeds": "{}", "slope": "{:.3f}", "estimate": "{:.1f}", "estimate_se": "{:.1f}",
-               "reference_psnr": "{:.1f}", "aligned_psnr": "{:.1f}", "reference_quality": "{}", "reference_shift": "{}",
-               "tangent": "{:.1f}", "tangent_se": "{:.1f}", "curve_a": "{:.4f}", "range": "{}",
-               "bend": "{:.1f}", "bend_quality": "{}"}
-_PAIRED_FORMS = {"pairs": "{}", "model_name": "{}", "epochs": "{}", "diff": "{:+.2f}", "se": "{:.2f}",
-                 "ci_low": "{:+.2f}", "ci_high": "{:+.2f}", "within_sd": "{:.2f}", "verdict": "{}",
-                 "train_images": "{}"}
+    return render(x, digits)      # the one number format (``helpers/facts.py``)
 
 
 def tables(results_dir="results") -> dict[str, pd.DataFrame]:
@@ -77,8 +56,8 @@ def tables(results_dir="results") -> dict[str, pd.DataFrame]:
         out["ladder"] = pd.DataFrame({
             "change": [("↳ " if b else "") + c for b, c in zip(ladder["branch"], ladder["change"])],
             "val acc": ladder["val acc"].map(_pct),
-            "gain": [("" if g != g else f"{g:+.1f}") + (" ~" if n else "") for g, n in zip(ladder["gain"],
-                                                                                          ladder["within noise"])],
+            "gain": [("" if g != g else render(g, 1, signed=True)) + (" ~" if n else "")
+                     for g, n in zip(ladder["gain"], ladder["within noise"])],
             "as trained": [_pct(a) if r else "" for a, r in zip(ladder["val acc as trained"], ladder["bn refreshed"])],
             "parameters (M)": (ladder["parameters"] / 1e6).map(lambda x: f"{x:.2f}"),
             "minutes": ladder["minutes"].map(lambda x: f"{x:.0f}")})
@@ -173,89 +152,15 @@ def export_tables(found: dict[str, pd.DataFrame], folder=TABLES) -> None:
             atomic_write(path, lambda f, t=text: f.write(t.encode()))
 
 
-def fields(results_dir="results", notebooks_dir=REPO_ROOT / "notebooks") -> dict[str, str]:
-    """Every number the paper's prose states, formatted, from the results (the same values as the README)."""
-    folder = project_path(results_dir)
-    runs = results.load_runs(folder)
-    head = summary.headline_fields(runs, folder)
-    d: dict[str, str] = {}
-    if head:
-        d.update({k: f"{v:.1f}" for k, v in head.items() if k in ("fc_best", "avg_best", "drop_best", "gap_lo", "gap_hi")})
-        d.update(n_hold=str(head["n_hold"]), n_findings=str(head["n_findings"]))
-        first = runs["fc"]
-        d.update(epochs=str(first.config.epochs), batch=str(first.config.batch_size), lr=f"{first.config.lr:g}",
-                 weight_decay=f"{first.config.weight_decay:g}",
-                 precision=" and ".join(sorted({r.config.precision for r in runs.values()})),
-                 data="the official CIFAR-10 archive" if first.metrics["official_data"] else
-                 "an offline copy of CIFAR-10 re-encoded as JPEG at quality 75 (not the official archive)")
-        # differences of the numbers as Table 2 prints them, so that a reader's subtraction agrees with the text
-        d.update(head_gain_avg=_signed(round(head["avg_ours"], 1) - round(head["avg_best"], 1)),
-                 head_gain_drop=_signed(round(head["drop_ours"], 1) - round(head["drop_best"], 1)),
-                 findings_failed="; ".join(f"“{f['claim'].rstrip('.')}”" for f in results.findings(runs)
-                                           if not f["holds"]) or "none")
-        d.update({f"author_{k}": f"{results.AUTHOR.loc[n, 'best']:.1f}"
-                  for k, n in (("fc", "fc"), ("avg", "avgpool"), ("drop", "avgpool_dropout"))})
-    seeds = {k.removeprefix("seeds_"): v for k, v in head.items() if k.startswith("seeds_")}
-    if seeds:
-        table = studies.final_seed_table(studies.finished_final_seeds(folder))
-        d["final_precisions"] = " and ".join(f"{p} (seed{'s' if len(g) > 1 else ''} {', '.join(map(str, g.index))})"
-                                             for p, g in table.groupby("precision"))
-        d.update(final_n=str(seeds["n"]), final_mean=f"{seeds['mean']:.2f}", final_low=f"{seeds['low']:.2f}",
-                 final_one=f"{seeds['one_mean']:.2f}")
-    if (folder / "studies" / "seeds.csv").exists():
-        s = read_study_table(folder, "seeds")
-        d.update(seed_count=str(int(s["seeds"].min())), seed_epochs=str(int(s["epochs"].max())),
-                 seed_spread=f"{(s['best max'] - s['best min']).max():.1f}", seed_sd=f"{s['best sd'].max():.2f}")
-    if (folder / "studies" / "ladder.csv").exists():
-        ladder = read_study_table(folder, "ladder")
-        rows = ladder.set_index("step")
-        hyp = studies.hypothesis_fields(ladder) or {}
-        d.update(ladder_images=f"{int(ladder['val images'].iloc[0]):,}", ladder_noise=str(int(ladder["within noise"].sum())), ladder_changes=str(int(ladder["gain"].notna().sum())),
-                 hypothesis_verdict=hyp.get("verdict", ""),
-                 ladder_first=_pct(ladder["val acc"].iloc[0]), ladder_last=_pct(hyp.get("last_acc", math.nan)),
-                 ladder_ratio=f"{hyp.get('ratio', math.nan):.1f}")
-        if "batchnorm" in rows.index:
-            d.update(bn_gain=_signed(rows.loc["batchnorm", "gain"]),
-                     bn_gain_as_trained=_signed(rows.loc["batchnorm", "gain as trained"]))
-        d["ladder_epochs"] = str(int(ladder["epochs"].max()))
-        cuts = [r for _, r in ladder[ladder["branch"].astype(bool)].iterrows()
-                if r["parameters"] < rows.loc[r["builds on"], "parameters"]]
-        d["cuts"] = "; ".join(f"{r['change']} {_signed(r['gain'])} points" for r in cuts)
-        d["cuts_as_trained"] = "; ".join(f"{r['change']} {_signed(r['gain as trained'])}" for r in cuts)
-    if (folder / "studies" / "final.json").exists():
-        info = read_json(folder / "studies" / "final.json", "study's summary")
-        d.update(final_parameters=f"{info['parameters']:,}", final_epochs=str(info["epochs"]))
-        final_run = load_run(folder / "final", weights=False)
-        d.update(final_images=f"{final_run.metrics['train_images']:,}", final_shift=str(final_run.config.tta_shift),
-                 refresh_images=f"{REFRESH_IMAGES:,}")
-        if (folder / "studies" / "ladder.csv").exists():
-            label = read_study_table(folder, "ladder").set_index("step").loc[info["step"], "change"]
-            d["final_change"] = label[2:] if label.startswith("+ ") else label
-    cost = studies.jpeg.measured_cost(folder)            # the paper says "not measured yet" until it is
-    d["jpeg_measured"] = "yes" if cost else "no"
-    d.update({f"jpeg_{k}": _minus(form.format(cost[k])) if cost else "–" for k, form in _JPEG_FORMS.items()})
-    d["jpeg_curved_measured"] = "yes" if cost and cost["tangent"] == cost["tangent"] else "no"
-    paired = studies.precision.measured_precision(folder)     # the paired bf16-fp32 check, once two pairs finished
-    d["paired_measured"] = "yes" if paired else "no"
-    d.update({f"paired_{k}": _minus(form.format(paired[k])) if paired else "–" for k, form in _PAIRED_FORMS.items()})
-    learned = summary.learned_fields(folder)
-    if learned:
-        d.update({k: f"{learned[k]:.1f}" for k in ("ece_fc", "ece_fc_after", "ece_avgpool", "ece_avgpool_after",
-                                                   "ece_final", "ece_final_after",
-                                                   "removed_fc", "removed_avgpool", "share_fc", "share_avgpool",
-                                                   "share_dropout", "acc_lost_fc", "acc_lost_avgpool") if k in learned})
-        d.update(t_final=f"{learned['t_final']:.2f}", t_dropout=f"{learned['t_dropout']:.2f}")
-        d.update(final_direction=learned["final_direction"], agree_verdict=learned["agree_verdict"],
-                 r_max=f"{learned['r_max']:.2f}")
-    times = []
-    for nb in numbered_notebooks(project_path(notebooks_dir)):
-        meta = json.loads(nb.read_text()).get("metadata", {}).get("papermill", {})
-        if meta.get("duration"):
-            times.append(meta["duration"])
-    minutes = round(sum(times) / 60)
-    d["report_time"] = ("–" if not times else "under a minute" if minutes < 1
-                        else f"about {minutes} minute{'s' if minutes != 1 else ''}")
-    return d
+def fields(results_dir="results", notebooks_dir=REPO_ROOT / "notebooks") -> dict:
+    """Every number and phrase the paper's prose states (``summary.report_facts``): facts and words."""
+    return summary.report_facts(results_dir, notebooks_dir)
+
+
+def records(found: dict) -> dict:
+    """``fields`` as ``facts.json`` stores them: a fact with its value, unit, uncertainty, sources and text;
+    a phrase as its text."""
+    return {k: v.record() if isinstance(v, Fact) else {"text": str(v)} for k, v in found.items()}
 
 
 def used_fields(source: str) -> set[str]:
@@ -269,9 +174,9 @@ def build(results_dir="results", output=None, tables_dir=TABLES, figures_dir="fi
     ``report/paper.typ`` with the figures of ``figures_dir`` into ``output`` (default ``report/report.pdf``,
     written atomically). Returns the PDF's path."""
     results.check_results_folder(results_dir)
-    data, found = fields(results_dir, notebooks_dir), tables(results_dir)
+    data, found = records(fields(results_dir, notebooks_dir)), tables(results_dir)
     source = PAPER.read_text()
-    missing = sorted(used_fields(source) - {k for k, v in data.items() if v != ""})
+    missing = sorted(used_fields(source) - {k for k, v in data.items() if v["text"] != ""})
     if missing:
         raise KeyError(f"{shown_path(PAPER)} uses {', '.join(missing)}, which {shown_path(project_path(results_dir))} "
                        "does not supply (has every notebook run?)")
@@ -280,17 +185,17 @@ def build(results_dir="results", output=None, tables_dir=TABLES, figures_dir="fi
         raise KeyError(f"{shown_path(PAPER)} shows the tables {', '.join(absent)}, which the results do not supply")
     tables_dir = project_path(tables_dir)
     tables_dir.mkdir(parents=True, exist_ok=True)
-    paper_json = json.dumps(data, indent=1, ensure_ascii=False)
+    facts_json = json.dumps(data, indent=1, ensure_ascii=False)
     with tempfile.TemporaryDirectory() as stage:      # compiled from a staged copy first:
         export_tables(found, stage)                                # a failure leaves every output as it was
-        atomic_write(Path(stage) / "paper.json", lambda f: f.write(paper_json.encode()))
+        atomic_write(Path(stage) / "facts.json", lambda f: f.write(facts_json.encode()))
         try:
             pdf = _compile(stage, figures_dir)
         except RuntimeError as exc:
             raise PaperError(f"Typst could not compile {shown_path(PAPER)}: {str(exc).strip()[:400]}. Nothing was "
                              "written.") from None
     export_tables(found, tables_dir)
-    atomic_write(tables_dir / "paper.json", lambda f: f.write(paper_json.encode()))
+    atomic_write(tables_dir / "facts.json", lambda f: f.write(facts_json.encode()))
     output = project_path(output) if output else REPO_ROOT / "report" / "report.pdf"
     atomic_write(output, lambda f: f.write(pdf))
     return output
@@ -304,7 +209,7 @@ def _compile(tables_dir, figures_dir, **options):
     import typst
     tables_dir = project_path(tables_dir)
     return typst.compile(str(PAPER), root="/", timestamp=0, **options,
-                         sys_inputs={"data": str(tables_dir / "paper.json"), "tables": str(tables_dir),
+                         sys_inputs={"data": str(tables_dir / "facts.json"), "tables": str(tables_dir),
                                      "figures": str(project_path(figures_dir))})
 
 

@@ -13,11 +13,12 @@ import pandas as pd
 import torch
 
 from .evaluation import predict
-from .files import cached, digest, project_path, read_study_table, replace_sections, shown_path, weights_digest
+from .files import cached, digest, project_path, replace_sections, shown_path, weights_digest
 from .models import VARIANTS
 from .device import runnable_precision
 from .config import TrainConfig
 from .runs import check_measured_on, load_run, Run, RunDataError
+from .facts import Fact, fact
 from .wording import fill
 
 # The original report's results (SPEC.md): one unseeded run per model on a Colab GPU.
@@ -26,6 +27,20 @@ AUTHOR = pd.DataFrame(
      "best epoch": [21, 9, 55], "final": [76.6, 77.2, 82.3], "lowest loss epoch": [5, 8, 95],
      "parameters": [2_190_122, 1_132_842, 1_132_842]},
     index=list(VARIANTS))
+
+
+def author_fact(name: str, column: str = "best") -> Fact:
+    """One of the author's numbers (``AUTHOR``) as the fact ``author.<model>.<column>``."""
+    return fact(f"author.{name}.{column.replace(' ', '_')}", float(AUTHOR.loc[name, column]),
+                "epochs" if "epoch" in column and "epoch " not in column else "%1")
+
+
+def run_fact(run: Run, what: str = "best") -> Fact:
+    """A run's best or final accuracy on its evaluation split, in percent, as the fact
+    ``runs.<folder>.<what>``: stated with one decimal wherever it appears, as the author's are."""
+    acc = run.history[f"{_split(run)}_acc"] * 100
+    name = run.path.name if run.path else run.config.model + ("_author_head" if run.config.head == "author" else "")
+    return fact(f"runs.{name}.{what}", acc.max() if what == "best" else acc.iloc[-1], "%1", [name])
 
 
 def markdown_table(df: pd.DataFrame, floatfmt: str = "{:,.1f}") -> str:
@@ -120,7 +135,7 @@ def run_summary(run: Run) -> str:
     return fill("results:run", model=VARIANTS.get(run.config.model, run.config.model),
                 parameters=run.metrics["parameters"], epochs_text=f"{len(h)} epoch{'s' if len(h) != 1 else ''}",
                 precision=run.config.precision, split=s,
-                best=acc.max(), best_epoch=int(h.loc[acc.idxmax(), "epoch"]), final=acc.iloc[-1],
+                best=run_fact(run), best_epoch=int(h.loc[acc.idxmax(), "epoch"]), final=run_fact(run, "final"),
                 low_epoch=int(h.loc[loss.idxmin(), "epoch"]), low=loss.min(), end=loss.iloc[-1],
                 train=h["train_acc"].iloc[-1] * 100, gap=abs(gap), gap_direction="above" if gap >= 0 else "below",
                 timing=timing(h, run.metrics.get("environment", {})))
@@ -229,7 +244,7 @@ def expectation(run: Run) -> str:
     h, s, name = run.history, _split(run), run.config.model
     if name != "fc" and run.config.head != "author":     # our 10-way variant: the author's run is not like it
         acc = h[f"{s}_acc"] * 100
-        return fill("expectation_variant", best=acc.max(), best_epoch=int(h.loc[acc.idxmax(), "epoch"]),
+        return fill("expectation_variant", best=run_fact(run), best_epoch=int(h.loc[acc.idxmax(), "epoch"]),
                     low=int(h.loc[h[f"{s}_loss"].idxmin(), "epoch"]), epochs=len(h))
     author = AUTHOR.loc[name]
     loss, acc = h[f"{s}_loss"], h[f"{s}_acc"] * 100
@@ -240,8 +255,8 @@ def expectation(run: Run) -> str:
                  ratio=loss.iloc[-1] / loss.min(), excess=(loss.iloc[-1] / loss.min() - 1) * 100,
                  train=h["train_acc"].iloc[-1] * 100)
     gap = acc.max() - author["best"]
-    return fill("expectation", shape=shape, author_best=author["best"], author_best_epoch=int(author["best epoch"]),
-                best=acc.max(), best_epoch=int(h.loc[acc.idxmax(), "epoch"]), gap=abs(gap),
+    return fill("expectation", shape=shape, author_best=author_fact(name), author_best_epoch=int(author["best epoch"]),
+                best=run_fact(run), best_epoch=int(h.loc[acc.idxmax(), "epoch"]), gap=abs(gap),
                 gap_direction="above it" if gap > 0 else "below it")
 
 
@@ -324,75 +339,3 @@ def conclusion(runs: dict[str, Run]) -> str:
 
 
 CLAIMED_JPEG_COST = 2.0   # points: what the offline copy's maker expects its JPEG pass to cost; used until measured
-
-
-def differences(runs: dict[str, Run], results_dir="results") -> str:
-    """Our runs against the author's, model by model, and the known causes of a difference with their
-    size where this project measured it (the head and seed studies of notebooks 07 and 08, the JPEG and
-    precision comparisons of notebook 09, when they exist)."""
-    if not runs:
-        return fill("results:no_runs")
-    s = _split(next(iter(runs.values())))
-    lines = []
-    heads = author_head_runs(results_dir)
-    for name, run in runs.items():
-        same = heads.get(f"{name}_author_head")       # like for like: the author's output, where notebook 07 ran
-        like = same if same is not None else run if name == "fc" else None
-        if like is not None:
-            h, a = like.history, AUTHOR.loc[name]
-            acc = h[f"{s}_acc"] * 100
-            lines.append(fill("results:difference", model=VARIANTS[name] + (", author's output" if same else ""),
-                              best=acc.max(), author_best=a["best"], best_gap=acc.max() - a["best"],
-                              best_epoch=int(h.loc[acc.idxmax(), "epoch"]), author_best_epoch=int(a["best epoch"]),
-                              final=acc.iloc[-1], author_final=a["final"], final_gap=acc.iloc[-1] - a["final"]))
-        if name != "fc":                               # our 10-way variant: no author's run is like it
-            acc = run.history[f"{s}_acc"] * 100
-            lines.append(fill("results:variant", model=VARIANTS[name], best=acc.max(), final=acc.iloc[-1],
-                              best_epoch=int(run.history.loc[acc.idxmax(), "epoch"])))
-    from .studies import final_seed_table, finished_final_seeds, jpeg, precision, precision_fields  # (they build on this module)
-    official = all(r.metrics.get("official_data") for r in runs.values())
-    causes = []
-    jpeg_cost = 0.0
-    if not official:
-        measured = jpeg.measured_cost(results_dir)
-        if measured:        # notebook 09's estimate; its upper end (plus two standard errors) bounds the band below
-            jpeg_cost = measured["high"] + 2 * measured["high_se"]
-            causes.append(fill("results:cause_data_measured", upper=jpeg_cost, **measured))
-        else:
-            jpeg_cost = CLAIMED_JPEG_COST
-            causes.append(fill("results:cause_data", jpeg_cost=jpeg_cost))
-    studies = project_path(results_dir) / "studies"
-    spread = None
-    if (studies / "seeds.csv").exists():
-        seeds = read_study_table(results_dir, "seeds")
-        spread = float((seeds["best max"] - seeds["best min"]).max())
-        causes.append(fill("results:cause_seed", seeds=int(seeds["seeds"].min()), spread=spread))
-    else:
-        causes.append(fill("results:cause_seed_unmeasured"))
-    if (studies / "heads.csv").exists():
-        heads = read_study_table(results_dir, "heads").set_index(["model", "head"])["best acc"]
-        deltas = [fill("results:head_delta", delta=heads[m, "author"] - heads[m, "10-way"], model=m)
-                  for m in heads.index.get_level_values(0).unique() if (m, "author") in heads and (m, "10-way") in heads]
-        causes.append(fill("results:cause_head", deltas=", ".join(deltas)))
-    precisions = sorted({r.config.precision for r in runs.values()})
-    both = precision_fields(final_seed_table(finished_final_seeds(results_dir)))    # notebook 09, where it ran
-    if "bf16" not in precisions:
-        piece, both = "cause_precision_fp32", {}
-    else:
-        piece, both = ("cause_precision_measured", both) if both else ("cause_precision_bf16", {})
-    causes.append(fill(f"results:{piece}", precisions=" and ".join(precisions), **both))
-    paired = precision.measured_precision(results_dir) if "bf16" in precisions else None
-    if paired:      # the same seeds in both precisions, on model 1 with the report's protocol
-        causes[-1] += " " + fill("results:cause_precision_paired", **paired)
-    text = "\n".join(lines) + "\n\n" + fill("results:causes") + "\n\n" + "\n".join(f"- {c}" for c in causes)
-    if spread is not None:
-        band = spread + jpeg_cost
-        heads = {name.removesuffix("_author_head"): run for name, run in author_head_runs(results_dir).items()}
-        compared = {**runs, **{n: r for n, r in heads.items() if n in runs}}     # like with like where 07 ran
-        beyond = [VARIANTS[n] for n, r in compared.items()
-                  if abs(r.history[f"{s}_acc"].max() * 100 - AUTHOR.loc[n, "best"]) > band]
-        text += "\n\n" + fill(
-            "results:band", band=band,
-            compared=fill("results:band_compared_author" if any(n in runs for n in heads) else "results:band_compared_ours"),
-            verdict=fill("results:band_beyond", beyond=", ".join(beyond)) if beyond else fill("results:band_within"))
-    return text

@@ -6,6 +6,9 @@ Python. A writer edits a template without reading code; the code only supplies t
 each after a marker line ``<!-- piece -->``: ``fill("findings:overfits", ...)`` reads the piece
 ``overfits`` of ``report/text/findings.md``.
 
+Numbers follow one rule (``helpers/facts.py``): a fact formats itself, so a template names it without a
+format (``{gap}``); any other number takes the template's format, with a true minus sign.
+
 Templates are wrapped for the writer; ``fill`` joins the lines of each paragraph and list item, so the
 filled text has one line per paragraph whatever the wrapping (Markdown renders both the same).
 """
@@ -14,6 +17,7 @@ from __future__ import annotations
 import re
 import string
 
+from .facts import MINUS, Fact
 from .files import REPO_ROOT, shown_path
 
 TEXT = REPO_ROOT / "report" / "text"
@@ -73,4 +77,26 @@ def fill(name: str, /, **values) -> str:
     if missing:
         raise KeyError(f"{shown_path(_path(name))}{'' if ':' not in name else ' (' + name.split(':')[1] + ')'} uses "
                        f"{', '.join(missing)}, which the code does not supply; supplied: {', '.join(sorted(values))}")
-    return unwrap(_template(name).format(**values).strip())
+    try:
+        text = _FORMATTER.format(_template(name), **values)
+    except ValueError as exc:          # a fact formatted against its own format, or a bad format
+        raise ValueError(f"{shown_path(_path(name))}{'' if ':' not in name else ' (' + name.split(':')[1] + ')'}: "
+                         f"{exc}") from None
+    return unwrap(text.strip())
+
+
+class _Numbers(string.Formatter):
+    """Python's format, with the report's rule for a negative number: a true minus sign. A fact
+    (``helpers/facts.py``) formats itself."""
+
+    def format_field(self, value, format_spec):
+        if isinstance(value, float) and not isinstance(value, Fact) and not format_spec:
+            raise ValueError(f"a number ({value!r}) without a format: pass a fact (helpers/facts.py) or give the "
+                             "field a format in the template")
+        text = format(value, format_spec)
+        if isinstance(value, (int, float)) and not isinstance(value, (bool, Fact)):
+            text = text.replace("-", MINUS, 1) if text.lstrip().startswith("-") else text
+        return text
+
+
+_FORMATTER = _Numbers()

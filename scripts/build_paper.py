@@ -17,7 +17,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", default="results")
     ap.add_argument("--output", default=None, help="the PDF (default report/report.pdf)")
-    ap.add_argument("--tables", default=str(H.paper.TABLES), help="where the tables and paper.json go")
+    ap.add_argument("--tables", default=str(H.paper.TABLES), help="where the tables and facts.json go")
     ap.add_argument("--figures", default="figures", help="the folder of figures the paper shows")
     args = ap.parse_args(argv)
     start = time.perf_counter()

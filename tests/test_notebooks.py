@@ -81,7 +81,7 @@ def test_every_notebook_runs_on_generated_data(fake_root, tmp_path):
                         figures_dir=tmp_path / "figures", notebooks_dir=tmp_path / "notebooks")
     assert pdf.read_bytes()[:5] == b"%PDF-"
     assert len(H.paper.page_images(tmp_path / "tables", tmp_path / "figures", ppi=5)) >= 4
-    assert all(v for v in json.loads((tmp_path / "tables" / "paper.json").read_text()).values())
+    assert all(v["text"] for v in json.loads((tmp_path / "tables" / "facts.json").read_text()).values())
     # the analysis notebook runs on its own from saved results, training nothing
     for f in (tmp_path / "figures").iterdir():
         f.unlink()

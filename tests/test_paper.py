@@ -33,8 +33,9 @@ def test_a_field_the_results_lack_is_named(tmp_path, monkeypatch):
 def test_the_paper_builds_from_the_committed_results(tmp_path):
     pdf = H.paper.build(REPO / "results", output=tmp_path / "report.pdf", tables_dir=tmp_path / "tables")
     assert pdf.read_bytes()[:5] == b"%PDF-" and 4 <= len(H.paper.page_images(tmp_path / "tables", ppi=5)) <= 8
-    data = json.loads((tmp_path / "tables" / "paper.json").read_text())
-    assert all(isinstance(v, str) and v for v in data.values())
+    data = json.loads((tmp_path / "tables" / "facts.json").read_text())
+    assert all(isinstance(v["text"], str) and v["text"] for v in data.values())
+    assert data == json.loads((REPO / "report" / "tables" / "facts.json").read_text())   # the committed facts are current
     for name in ("accuracy", "ladder", "final_seeds", "calibration"):
         assert (tmp_path / "tables" / f"{name}.csv").exists() and (tmp_path / "tables" / f"{name}.tex").exists()
     committed = REPO / "report" / "tables" / "accuracy.csv"

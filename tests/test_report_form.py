@@ -5,6 +5,8 @@ import re
 
 import pytest
 
+import helpers as H
+
 from conftest import REPO
 
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
@@ -96,3 +98,19 @@ def test_the_readme_is_a_front_page_and_its_generated_sentences_are_short():
     units.append(" ".join(unit))
     sentences = [s for u in units for s in re.split(r"(?<=[.!?])\s+(?=[A-Z0-9])", u) if s.strip()]
     assert sentences and max(len(s.split()) for s in sentences) <= 45, max(sentences, key=lambda s: len(s.split()))
+
+
+def test_the_notebooks_generated_sentences_are_short():
+    """Every sentence the committed notebooks generate (their Markdown outputs) has at most about 45 words."""
+    long = []
+    for path in H.files.numbered_notebooks(REPO / "notebooks"):
+        for cell in json.loads(path.read_text())["cells"]:
+            for output in cell.get("outputs", []):
+                text = "".join(output.get("data", {}).get("text/markdown", ""))
+                for line in text.splitlines():
+                    if line.lstrip().startswith(("|", "#")):
+                        continue
+                    for sentence in re.split(r"(?<=[.!?])\s+(?=[A-Z0-9*(])", re.sub(r"^\s*([-*] |\d+\. )", "", line)):
+                        if len(sentence.split()) > 45:
+                            long.append(f"{path.name}: {len(sentence.split())} words: {sentence[:90]}...")
+    assert not long, "\n".join(long)

@@ -63,8 +63,8 @@ def test_findings_need_all_three_models():
 def test_timing_flags_epochs_slowed_by_other_work():
     h = pd.DataFrame({"seconds": [60.0, 58.0, 62.0, 300.0]})
     text = results.timing(h, {"device": "cpu", "threads": 2})
-    assert "8.0 minutes of wall time" in text and "median) epoch 61.0 s" in text
-    assert "1 of 4 epochs" in text and "4.1 minutes is the time of an undisturbed run" in text
+    assert "8.0 minutes of wall time" in text and "median) epoch took 61.0 s" in text
+    assert "1 of 4 epochs" in text and "An undisturbed run takes about 4.1 minutes" in text
     assert "slowed" not in results.timing(h.iloc[:3], {})
 
 
@@ -72,8 +72,8 @@ def test_differences_name_the_gap_and_the_measured_causes(tmp_path):
     runs = _author_like()
     for run in runs.values():
         run.metrics["official_data"] = False
-    text = results.differences(runs, tmp_path)
-    assert "best 77.0% (author 77.3%, -0.3 points)" in text and "JPEG re-encoding" in text
+    text = H.summary.differences(runs, tmp_path)
+    assert "best 77.0% (author 77.3%, \u22120.3 points)" in text and "JPEG re-encoding" in text
     assert "measured in notebook 08" in text and "account for" not in text
     (tmp_path / "studies").mkdir()
     pd.DataFrame({"model": ["a", "b"], "seeds": [3, 3], "epochs": [30, 30], "best mean": [70.5, 75.7],
@@ -81,7 +81,7 @@ def test_differences_name_the_gap_and_the_measured_causes(tmp_path):
                   "final mean": [70.0, 75.0], "lowest loss epochs": ["6, 8, 6", "9, 8, 7"]}).to_csv(
         tmp_path / "studies" / "seeds.csv", index=False)
     runs["avgpool"].history["test_acc"] = 0.70     # 10 points below the author's 80.0
-    text = results.differences(runs, tmp_path)
+    text = H.summary.differences(runs, tmp_path)
     assert "up to 1.5 points" in text and "add up to about 3.5 points" in text and "not an explanation" in text
     assert "the gap of Average pooling is larger than this yardstick" in text
     # once notebook 09 has estimated the copy's JPEG cost, the band uses it (its upper end) instead of the claim
@@ -91,10 +91,10 @@ def test_differences_name_the_gap_and_the_measured_causes(tmp_path):
     (tmp_path / "jpeg").mkdir()
     H.files.save_json({"key": {}, "value": {"psnr": 10 * np.log10(255 ** 2 / 40.0), "aligned psnr": 50.0}},
                       tmp_path / "jpeg" / "reference.json")
-    text = results.differences(runs, tmp_path)
+    text = H.summary.differences(runs, tmp_path)
     # one quality: a line only, so the range is one number: 0.02 points per unit x 40 = 0.8
-    assert "compressed once more: about 0.8 points (one reading: a straight line through the copy) (up to" in \
-        H.wording.unwrap(text)
+    assert "estimates what that pass costs the final recipe: about 0.80 points (one reading: a straight line " \
+        "through the copy). With two standard errors" in H.wording.unwrap(text)
     assert "up to about 2.4 points" in text      # 1.5 (seeds) + 0.8 + 2 x 0.065 (two standard errors)
 
 
@@ -142,10 +142,11 @@ def test_the_precision_cause_cites_notebook_09s_comparison_where_it_exists(tmp_p
     runs = _author_like()
     runs = {name: dataclasses.replace(run, config=dataclasses.replace(run.config, precision="bf16"))
             for name, run in runs.items()}
-    assert "parity runs" in results.differences(runs, tmp_path)        # no final seeds: the benchmark's parity
-    fields = {"bf16_n": 3, "fp32_n": 3, "diff": 0.3, "se": 0.1, "one_diff": -0.05, "one_se": 0.12, "t": 3.0, "df": 4,
-              "verdict": "larger than the noise"}
+    assert "parity runs" in H.summary.differences(runs, tmp_path)        # no final seeds: the benchmark's parity
+    fields = H.facts.facts("precision_unpaired", {"bf16_n": 3, "fp32_n": 3, "diff": 0.3, "se": 0.1, "one_diff": -0.05,
+                                                  "one_se": 0.12, "t": 3.0, "df": 4, "verdict": "larger than the noise"},
+                           {"diff": "+points2", "se": "points2", "one_diff": "+points2", "one_se": "points2", "t": "t2"})
     monkeypatch.setattr(H.studies, "precision_fields", lambda table: fields)
-    text = H.wording.unwrap(results.differences(runs, tmp_path))
+    text = H.wording.unwrap(H.summary.differences(runs, tmp_path))
     assert "bf16 minus fp32 is +0.30 points of test accuracy (standard error 0.10; t = 3.00 on 4 degrees" in text
-    assert "unpaired, and on different machines" in text
+    assert "unpaired and on different machines" in text

@@ -22,4 +22,4 @@ from .ladder import (Step, accuracy_se, airbench_optimiser, batchnorm_refresh,  
                      batchnorm_refresh_findings, default_ladder, hypothesis_fields, hypothesis_verdict,
                      ladder_configs, ladder_findings, run_ladder, with_noise)
 from . import figures, gap, jpeg, precision  # noqa: F401
-from .seeds import history_prefix, seed_checks, seed_checks_markdown, seed_spread, seed_study, seed_table  # noqa: F401
+from .seeds import history_prefix, seed_checks, seed_checks_markdown, seed_spread, seed_study, seed_table, spread_facts  # noqa: F401

@@ -9,22 +9,23 @@ from ..wording import fill
 from .final import final_seed_fields, precision_fields
 from .jpeg import measured_cost
 from .precision import measured_precision
-from .ladder import _step_name, hypothesis_fields
+from .ladder import _step_name, hypothesis_fields, step_fact
 
 
 def what_changed_fields(ladder: pd.DataFrame, seeds: pd.DataFrame) -> dict:
     """The ladder before and after BatchNorm statistics were measured without dropout, the final recipe's
     first run against its seeds, the ladder's changes within noise and bf16 against fp32."""
-    rows = ladder.set_index("step")
+    by_step = {r["step"]: r for _, r in ladder.iterrows()}
     moved = ladder[ladder["bn refreshed"].astype(bool) & ladder["builds on"].astype(bool)]
     hypothesis = hypothesis_fields(ladder) or {"verdict": "", "verdict_as_trained": ""}
     first = seeds.iloc[0]
+    bn = by_step.get("batchnorm")
     fields = {
-        "bn_step": _step_name(rows.loc["batchnorm", "change"]) if "batchnorm" in rows.index else "",
-        "bn_as_trained": rows.loc["batchnorm", "gain as trained"] if "batchnorm" in rows.index else float("nan"),
-        "bn_now": rows.loc["batchnorm", "gain"] if "batchnorm" in rows.index else float("nan"),
-        "moved": "; ".join(f"{_step_name(r['change'])} {r['gain as trained']:+.1f} → {r['gain']:+.1f}"
-                           for _, r in moved.iterrows() if r["step"] != "batchnorm"),
+        "bn_step": _step_name(bn["change"]) if bn is not None else "",
+        "bn_as_trained": step_fact(bn, "gain as trained") if bn is not None else float("nan"),
+        "bn_now": step_fact(bn, "gain") if bn is not None else float("nan"),
+        "moved": "\n".join(f"  - {_step_name(r['change'])}: {step_fact(r, 'gain as trained')} → {step_fact(r, 'gain')}"
+                            for _, r in moved.iterrows() if r["step"] != "batchnorm"),
         "verdict": hypothesis["verdict"], "verdict_as_trained": hypothesis["verdict_as_trained"],
         "first_seed": int(seeds.index[0]), "first_acc": first["test acc (%)"], "first_one": first["one view (%)"],
         "noise": int(ladder["within noise"].sum()), "changes": int(ladder["gain"].notna().sum()),

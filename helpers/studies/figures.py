@@ -121,7 +121,7 @@ def jpeg_sensitivity(points: pd.DataFrame, cost: dict | None = None):
         for value, se, marker, name in readings:      # the values in the legend: nothing covers the lines
             ax.plot([left], [base + value], marker, markerfacecolor="white", markeredgecolor="black",
                     markersize=5, linestyle="none", zorder=3,
-                    label=f"official images, from the {name}: {value:+.1f} ± {se:.1f}")
+                    label=f"official images, from the {name}: {value} ± {se} higher")
         ax.axvline(0, color="0.8", lw=0.8, zorder=0)
     span = x.max() - left
     ax.set_xlim(left - 0.12 * span, x.max() + 0.2 * span)       # room for the last label

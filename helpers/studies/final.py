@@ -16,6 +16,7 @@ from ..device import runnable_precision
 from ..config import TrainConfig
 from ..runs import check_measured_on, load_run, Run
 from ..training import fit
+from ..facts import facts
 from ..wording import fill, pieces, unwrap
 from .common import _studies_folder
 
@@ -140,13 +141,18 @@ def final_seed_table(runs: dict[int, Run], images: torch.Tensor | None = None, l
 def final_seed_fields(table: pd.DataFrame, planned: int = 5) -> dict:
     """Mean, standard deviation and minimum of the final recipe's accuracies over seeds, for the text."""
     acc, one = table["test acc (%)"], table["one view (%)"]
-    sd = acc.std() if len(table) > 1 else math.nan
-    return {"n": len(table), "n_seeds": f"{len(table)} seed{'s' if len(table) != 1 else ''}",
-            "planned": planned, "mean": acc.mean(), "sd": sd,
-            "spread": "" if sd != sd else f" (standard deviation {sd:.2f} points)",
-            "low": acc.min(), "high": acc.max(), "one_mean": one.mean(), "one_low": one.min(),
-            "minutes_low": table["minutes"].min(), "minutes_high": table["minutes"].max(),
+    sources = [final_run_name(s) for s in table.index]
+    f = facts("final_seeds", {
+        "n": len(table), "mean": acc.mean(), "sd": acc.std() if len(table) > 1 else math.nan, "low": acc.min(),
+        "high": acc.max(), "one_mean": one.mean(), "one_low": one.min(), "minutes_low": table["minutes"].min(),
+        "minutes_high": table["minutes"].max()}, SEED_FORMS, sources)
+    return {**f, "n_seeds": f"{len(table)} seed{'s' if len(table) != 1 else ''}", "planned": planned,
+            "spread": "" if f["sd"] != f["sd"] else f" (standard deviation {f['sd']} points)",
             "precisions": ", ".join(f"seed {s}: {p}" for s, p in table["precision"].items())}
+
+
+SEED_FORMS = {**{k: "%2" for k in ("mean", "low", "high", "one_mean", "one_low")}, "sd": "sd",
+              "minutes_low": "minutes", "minutes_high": "minutes", "n": "count"}
 
 
 def precision_fields(table: pd.DataFrame) -> dict | None:
@@ -179,7 +185,10 @@ def precision_fields(table: pd.DataFrame) -> dict | None:
                    "verdict": "within the noise" if fields["within"] else "larger than the noise",
                    "one_verdict": "within the noise" if fields["one_within"] else "larger than the noise",
                    "t95": _T95.get(fields["df"], 1.96)})
-    return fields
+    forms = {"mean": "%2", "sd": "sd", "diff": "+points2", "se": "points2", "t": "t2", "t95": "t2", "minutes": "minutes"}
+    return facts("precision_unpaired", fields, {k: short for k in fields for end, short in forms.items()
+                                                if k.endswith(end) and not k.endswith("_n")},
+                 [final_run_name(s) for s in table.index])
 
 
 def found_fields(seeds: pd.DataFrame, info: dict, budget_minutes: float, goal: float = 90.0) -> dict:

@@ -23,9 +23,11 @@ import pandas as pd
 import torch
 
 from .. import data as D
+from .. import results as R
 from ..files import cached, digest, project_path, read_json, weights_digest
 from ..config import TrainConfig
 from ..runs import check_measured_on, load_run, Run
+from ..facts import fact
 from ..wording import fill
 from .common import read_or_train
 from .jpeg import jpeg_copy
@@ -155,7 +157,6 @@ def runs_table(results_dir="results") -> pd.DataFrame:
     study's 12-epoch runs, with the author's epoch-10 accuracy beside them, the score at epoch 10 (mean of
     epochs 9-11) and the classes the final weights never predict (``silent_classes``; for the report's runs
     that is at epoch 100, for the study's at epoch 12)."""
-    from .. import results as R
     rows = []
     for source, runs in (("report run", report_runs(results_dir)), ("gap study", finished_gap_runs(results_dir))):
         for (model, data, precision, seed), run in sorted(runs.items()):
@@ -219,4 +220,4 @@ def seed_spread(results_dir="results") -> dict | None:
         return None
     spread, name, seeds = max(spreads)
     number = {_label(key): i for i, key in enumerate(GAP_MODELS, start=1)}[name]
-    return {"name": f"model {number}", "seeds": seeds, "spread": spread}
+    return {"name": f"model {number}", "seeds": seeds, "spread": fact("gap.seed_spread", spread, "points1")}

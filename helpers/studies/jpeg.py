@@ -26,6 +26,7 @@ from .. import data as D
 from ..files import cached, digest, project_path, read_json, shown_path
 from ..config import TrainConfig
 from ..runs import load_run, Run
+from ..facts import facts, render
 from ..wording import fill
 from .common import read_or_train, save_table
 
@@ -185,19 +186,28 @@ def jpeg_fields(table: pd.DataFrame, reference: dict) -> dict | None:
         (a, b), tangent, tangent_se = read(np.column_stack([x, x * x]), np.array([mse, 0.0]))
     least = int(np.argmin(x))
     readings = [estimate] + ([tangent] if tangent == tangent else [])
-    return {"qualities": ", ".join(rows.index), "seeds": int(n.min()), "sd": sd, "slope": float(slope),
-            "slope_se": estimate_se / mse, "reference_psnr": reference["psnr"],
-            "aligned_psnr": reference["aligned psnr"], "reference_quality": reference.get("quality", 75),
-            "reference_shift": reference.get("shift", 4), "reference_mse": mse, "estimate": estimate,
-            "estimate_se": estimate_se, "tangent": tangent, "tangent_se": tangent_se, "curve_a": float(a),
-            "curve_b": float(b), "low": min(readings), "high": max(readings),
-            "high_se": tangent_se if tangent == max(readings) else estimate_se,
+    f = facts("jpeg", {
+        "seeds": int(n.min()), "sd": sd, "slope": float(slope), "slope_se": estimate_se / mse,
+        "reference_psnr": reference["psnr"], "aligned_psnr": reference["aligned psnr"], "reference_mse": mse,
+        "estimate": estimate, "estimate_se": estimate_se, "tangent": tangent, "tangent_se": tangent_se,
+        "curve_a": float(a), "curve_b": float(b), "low": min(readings), "high": max(readings),
+        "high_se": tangent_se if tangent == max(readings) else estimate_se,
+        "bend": float(slope * x[least] - y[least]), "bend_se": float(drop_cov[least, least]) ** 0.5}, COST_FORMS,
+        [f"jpeg/q{q}" for q in rows.index])
+    return {**f, "qualities": ", ".join(rows.index), "reference_quality": reference.get("quality", 75),
+            "reference_shift": reference.get("shift", 4), "bend_quality": rows.index[least],
             "range": fill("jpeg_range:line" if len(readings) == 1 else "jpeg_range:one"
-                          if f"{min(readings):.1f}" == f"{max(readings):.1f}" else "jpeg_range:two",
-                          low=min(readings), high=max(readings)), "bend_quality": rows.index[least],
-            "bend": float(slope * x[least] - y[least]), "bend_se": float(drop_cov[least, least]) ** 0.5,
-            "points": "; ".join(f"quality {q}: {r['psnr (dB)']:.1f} dB, {r['test acc (%)']:.2f}% "
-                                f"({r['drop']:.2f} points below the copy)" for q, r in rows.iterrows())}
+                          if str(f["low"]) == str(f["high"]) else "jpeg_range:two", low=f["low"], high=f["high"]),
+            "points": "; ".join(f"quality {q}: {render(r['psnr (dB)'], 1)} dB, {render(r['test acc (%)'], 2)}% "
+                                f"({render(r['drop'], 2)} points below the copy)" for q, r in rows.iterrows())}
+
+
+# How the cost's numbers are stated (``helpers/facts.py``): readings in points with two decimals, as their
+# standard errors (a few hundredths) need; distortion in dB with one.
+COST_FORMS = {"seeds": "count", "sd": "sd", "slope": "points/mse3", "slope_se": "points/mse3", "reference_psnr": "dB1",
+              "aligned_psnr": "dB1", "reference_mse": "mse1", "estimate": "points2", "estimate_se": "points2",
+              "tangent": "points2", "tangent_se": "points2", "curve_a": "points/mse4",
+              "low": "points2", "high": "points2", "high_se": "points2", "bend": "points2", "bend_se": "points2"}
 
 
 def jpeg_points(baseline: pd.DataFrame, runs: dict[tuple[int, int], Run], psnrs: dict[int, dict]) -> pd.DataFrame:

@@ -19,6 +19,7 @@ from ..config import EVAL_FIELDS, TrainConfig
 from ..recipe import model_to_evaluate, REFRESH_IMAGES, refresh_images
 from ..runs import check_measured_on, image_sets, load_run, Run
 from ..training import fit
+from ..facts import fact, render
 from ..wording import fill
 from .common import save_table
 
@@ -250,18 +251,18 @@ def ladder_findings(table: pd.DataFrame) -> str:
     """The ladder in words: what each change gained and the side branches (the verdict on the author's
     hypothesis is ``hypothesis_verdict``)."""
     main = _main_steps(table)
-    text = "\n".join(fill("ladder:step", change=_step_name(r["change"]), gain=r["gain"], acc=r["val acc"],
-                          notes=_notes(r)) for _, r in main.iterrows())
+    text = "\n".join(fill("ladder:step", change=_step_name(r["change"]), gain=step_fact(r, "gain"),
+                          acc=step_fact(r, "val acc"), notes=_notes(r)) for _, r in main.iterrows())
     if len(main):
         top = main.loc[main["gain"].idxmax()]
-        text += "\n\n" + fill("ladder:largest", change=_step_name(top["change"]), gain=top["gain"])
+        text += "\n\n" + fill("ladder:largest", change=_step_name(top["change"]), gain=step_fact(top, "gain"))
     rows = table.set_index("step")
     branch_lines = []
     for _, r in table[table["branch"]].iterrows():
         base = rows.loc[r["builds on"]]
         branch_lines.append(fill("ladder:branch", change=r["change"], parameters=_parameter_change(r, base),
                                  minutes=100 * (r["minutes"] / base["minutes"] - 1) if base["minutes"] else math.nan,
-                                 gain=r["gain"], acc=r["val acc"], notes=_notes(r)))
+                                 gain=step_fact(r, "gain"), acc=step_fact(r, "val acc"), notes=_notes(r)))
     if branch_lines:
         text += "\n\n" + fill("ladder:branches") + "\n" + "\n".join(branch_lines)
     if "within noise" in table and table["within noise"].any():
@@ -271,6 +272,17 @@ def ladder_findings(table: pd.DataFrame) -> str:
                                changes=int(table["gain"].notna().sum()),
                                eval_only=" " + fill("ladder:noise_eval_only") if cautious else "")
     return text
+
+
+# How a ladder step's numbers are stated (``helpers/facts.py``), by column.
+STEP_FORMS = {"gain": "+points1", "gain as trained": "+points1", "val acc": "%1", "val acc as trained": "%1",
+              "parameters": "count", "val se": "points2"}
+
+
+def step_fact(row: pd.Series, column: str):
+    """A step's number as the fact ``ladder.<step>.<column>``, stated the same wherever it appears."""
+    return fact(f"ladder.{row['step']}.{column.replace(' ', '_')}", row[column], STEP_FORMS[column],
+                [f"ladder/{row['step']}"])
 
 
 def _step_name(change: str) -> str:
@@ -303,8 +315,8 @@ def hypothesis_fields(table: pd.DataFrame) -> dict | None:
         return None
 
     def listed(column: str, gain: str) -> str:
-        return "; ".join(f"{r['change']} ({_parameter_change(r, rows.loc[r['builds on']]):+.0f}% parameters) "
-                         f"{r[gain]:+.1f} points, to {r[column]:.1f}%" for r in cuts)
+        return "; ".join(f"{r['change']} ({render(_parameter_change(r, rows.loc[r['builds on']]), 0, True)}% "
+                         f"parameters) {step_fact(r, gain)} points, to {step_fact(r, column)}%" for r in cuts)
     best = max(cuts, key=lambda r: r["gain"])
     main = _main_steps(table)
     first, last = table.iloc[0], main.iloc[-1] if len(main) else table.iloc[0]
@@ -312,9 +324,10 @@ def hypothesis_fields(table: pd.DataFrame) -> dict | None:
     return {"verdict": _verdict(best["gain"]), "cuts": listed("val acc", "gain"), "refreshed": refreshed,
             "verdict_as_trained": _verdict(max(r["gain as trained"] for r in cuts)) if refreshed else "",
             "cuts_as_trained": listed("val acc as trained", "gain as trained") if refreshed else "",
-            "first_acc": first["val acc"], "first_change": first["change"], "last_acc": last["val acc"],
-            "last_change": _step_name(last["change"]), "last_parameters": last["parameters"],
-            "ratio": last["parameters"] / first["parameters"], "first_parameters": first["parameters"]}
+            "first_acc": step_fact(first, "val acc"), "first_change": first["change"],
+            "last_acc": step_fact(last, "val acc"), "last_change": _step_name(last["change"]),
+            "last_parameters": step_fact(last, "parameters"), "first_parameters": step_fact(first, "parameters"),
+            "ratio": fact("ladder.parameter_ratio", last["parameters"] / first["parameters"], "ratio1")}
 
 
 def hypothesis_verdict(table: pd.DataFrame) -> str:

@@ -21,6 +21,7 @@ from ..files import project_path, shown_path
 from ..models import VARIANTS
 from ..config import TrainConfig
 from ..runs import load_run, Run
+from ..facts import facts
 from ..wording import fill
 from .common import read_or_train, save_table
 
@@ -116,17 +117,25 @@ def paired_fields(table: pd.DataFrame, run: Run) -> dict | None:
     within = low <= 0 <= high
     within_sd = math.sqrt((table["fp32 (%)"].var() + table["bf16 (%)"].var()) / 2)
     unpaired_sd = math.sqrt(2) * within_sd          # how far apart two unrelated runs lie
+    f = facts("precision_paired", {
+        "pairs": n, "diff": diff.mean(), "diff_sd": diff.std(), "se": se, "ci_low": low, "ci_high": high,
+        "lowest": diff.min(), "highest": diff.max(), "within_sd": within_sd, "unpaired_sd": unpaired_sd,
+        "fp32_mean": table["fp32 (%)"].mean(), "bf16_mean": table["bf16 (%)"].mean(),
+        "speedup": table["fp32 s/epoch"].median() / table["bf16 s/epoch"].median()}, PAIRED_FORMS,
+        ["precision/fp32", "precision/bf16"])
     pairing = fill("pairing:helps" if diff.std() < 0.7 * unpaired_sd else "pairing:no_help",
-                   diff_sd=diff.std(), unpaired_sd=unpaired_sd)
-    return {"pairs": n, "seeds": ", ".join(str(s) for s in table.index), "diff": diff.mean(), "diff_sd": diff.std(),
-            "se": se, "ci_low": low, "ci_high": high, "t": t, "lowest": diff.min(), "highest": diff.max(),
-            "within_sd": within_sd, "unpaired_sd": unpaired_sd, "pairing": pairing,
-            "fp32_mean": table["fp32 (%)"].mean(), "bf16_mean": table["bf16 (%)"].mean(),
-            "speedup": table["fp32 s/epoch"].median() / table["bf16 s/epoch"].median(), "within": within,
+                   diff_sd=f["diff_sd"], unpaired_sd=f["unpaired_sd"])
+    return {**f, "seeds": ", ".join(str(s) for s in table.index), "t": t, "pairing": pairing, "within": within,
             "verdict": "within the noise (the interval holds zero)" if within
                        else "larger than the noise (the interval excludes zero)",
             "model": model, "model_name": _model_name(model), "epochs": run.config.epochs,
             "train_images": f"{run.metrics['train_images']:,}"}
+
+
+# How the paired study's numbers are stated (``helpers/facts.py``): hundredths of a point throughout.
+PAIRED_FORMS = {"pairs": "count", "diff": "+points2", "diff_sd": "sd", "se": "points2", "ci_low": "+points2",
+                "ci_high": "+points2", "lowest": "+points2", "highest": "+points2", "within_sd": "sd",
+                "unpaired_sd": "sd", "fp32_mean": "%2", "bf16_mean": "%2", "speedup": "ratio1"}
 
 
 def _model_name(model: str) -> str:

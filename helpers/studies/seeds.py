@@ -15,6 +15,7 @@ from ..files import project_path, shown_path
 from ..config import TrainConfig
 from ..runs import load_run, Run
 from ..training import fit
+from ..facts import fact
 from ..wording import fill
 from .common import SHORT_NAMES
 
@@ -106,7 +107,7 @@ def seed_checks(histories: dict) -> list[dict]:
          {s: ", ".join(f"{SHORT_NAMES[v]} {fl[v]:.2f}" for v in VARIANTS) for s, fl in final_loss.items()}),
     ]
     return [{"claim": claim, "seeds": len(seeds), "held": sum(holds.values()),
-             "evidence": "; ".join(f"seed {s}: {ev[s]}" for s in seeds)} for claim, holds, ev in checks]
+             "evidence": " ".join(f"Seed {s}: {ev[s]}." for s in seeds)} for claim, holds, ev in checks]
 
 
 def _loss_story(h: pd.DataFrame) -> str:
@@ -141,8 +142,16 @@ def seed_spread(table: pd.DataFrame) -> str:
         return ""
     spread = table["best max"] - table["best min"]
     order = table["best mean"].sort_values()
-    gaps = ", ".join(fill("seeds:gap", upper=upper, lower=lower, gap=table.loc[upper, "best mean"] -
+    gaps = "\n".join(fill("seeds:gap", upper=upper, lower=lower, gap=table.loc[upper, "best mean"] -
                           table.loc[lower, "best mean"], **welch(table.loc[upper], table.loc[lower]))
                      for lower, upper in zip(order.index[:-1], order.index[1:]))
-    return fill("seeds:spread", seeds=int(table["seeds"].min()), spread=spread.max(), widest=spread.idxmax(),
-                sd=table["best sd"].max(), gaps=gaps)
+    return fill("seeds:spread", **spread_facts(table), widest=spread.idxmax(), gaps=gaps)
+
+
+def spread_facts(table: pd.DataFrame) -> dict:
+    """The seed study in two numbers, for notebook 08, the paper and notebook 06: the widest range of one
+    model's best accuracy over its seeds and the largest standard deviation, with the fewest seeds run."""
+    sources = ["seeds"]
+    return {"seeds": int(table["seeds"].min()),
+            "spread": fact("seeds.widest_range", (table["best max"] - table["best min"]).max(), "points1", sources),
+            "sd": fact("seeds.largest_sd", table["best sd"].max(), "sd", sources)}
