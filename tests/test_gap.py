@@ -3,6 +3,7 @@
 import dataclasses
 import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -47,3 +48,24 @@ def test_the_study_reads_only_runs_whose_folder_says_what_they_are(fake_data, tm
     with pytest.raises(ValueError, match="does not hold the run its folder names"):
         gap.finished_gap_runs(tmp_path)            # trained on a subset: not the study's configuration
     assert gap.gap_summary(tmp_path / "none")[1].startswith("No run of the gap study has finished yet")
+
+
+def test_the_report_models_jpeg_cost_pairs_seeds_and_reads_the_line(tmp_path, monkeypatch):
+    rows = [{"model": "Average pooling, author's head", "run": "gap study", "precision": "fp32", "data": data,
+             "seed": seed, "epochs 9-11 (%)": acc}
+            for data, seed, acc in (("copy", 0, 60.0), ("copy", 1, 76.0), ("copy", 2, 75.0),
+                                    ("q50", 1, 73.0), ("q50", 2, 73.0))]
+    monkeypatch.setattr(gap, "runs_table", lambda results_dir: pd.DataFrame(rows))
+    assert gap.jpeg_table(tmp_path).loc[0, "line reading"] != gap.jpeg_table(tmp_path).loc[0, "line reading"]  # no JPEG study yet
+    (tmp_path / "studies").mkdir()
+    pd.DataFrame({"quality": ["copy as it is", "50"], "added mse": [0.0, 100.0], "drop": [0.0, 2.4]}).to_csv(
+        tmp_path / "studies" / "jpeg.csv", index=False)
+    (tmp_path / "jpeg").mkdir()
+    H.files.save_json({"key": {}, "value": {"psnr": 10 * np.log10(255 ** 2 / 50.0)}}, tmp_path / "jpeg" / "reference.json")
+    table = gap.jpeg_table(tmp_path)
+    row = table.iloc[0]
+    assert row["seeds"] == "1, 2" and row["drop"] == pytest.approx(2.5)     # seed 0 has no pair and is left out
+    assert row["drop se"] == pytest.approx(0.5) and row["line reading"] == pytest.approx(2.5 / 100 * 50)
+    text = gap.jpeg_text(table)
+    assert "a drop of +2.5 points" in text and "lost 2.40 points" in text and "at 1.2 points" in text
+    assert "anecdote" not in text and gap.jpeg_text(table.iloc[:0]) == ""

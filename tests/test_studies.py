@@ -8,6 +8,7 @@ import torch
 
 import helpers as H
 from helpers import studies as S
+from conftest import REPO
 
 METRICS = ["epoch", "train_loss", "train_acc", "test_loss", "test_acc"]
 TINY = dict(train_subset=200, test_subset=100)
@@ -102,7 +103,9 @@ def test_the_ladder_runs_tabulates_and_reuses_weights_for_evaluation_only_steps(
     # evaluated, not trained again: its folder keeps only the measurement, which a re-run reads back
     # (the tta step's base has BatchNorm after dropout: judged with refreshed statistics, as trained kept beside)
     assert sorted(p.name for p in (tmp_path / "ladder" / "tta").iterdir()) == ["evaluation.json",
-                                                                             "evaluation_refreshed.json"]
+                                                                             "evaluation_refreshed.json",
+                                                                             "val_right.json"]
+    assert table["p (McNemar)"].notna().sum() == 3                        # each step against its base
     rows = table.set_index("step")
     assert rows["bn refreshed"].tolist() == [False, True, True, True]
     assert rows.loc["tta", "minutes"] == rows.loc["bn", "minutes"] and rows.loc["tta", "eval only"]
@@ -181,7 +184,7 @@ def test_the_verdict_on_fewer_parameters_discounts_the_batchnorm_dropout_artefac
         acc = table.set_index("step")[column]
         table[gain] = [a - acc[b] if b else math.nan for a, b in zip(table[column], table["builds on"])]
     text = " ".join(S.hypothesis_verdict(table).split())
-    assert "the best parameter cut lowers validation accuracy: fewer layers (\u221275% parameters) \u22124.5 points, to 78.0%" in text
+    assert "the best parameter cut lowers validation accuracy. The cuts: fewer layers (\u221275% parameters) \u22124.5 points, to 78.0%" in text
     assert "the best cut raises it (fewer layers (\u221275% parameters) +6.0 points, to 72.0%)" in text   # as trained
     assert "to 82.5% (flip) with 1,010 parameters, 1.0 times model 3's 1,000" in text
     plain = S.hypothesis_verdict(table.assign(**{"bn refreshed": False}))
@@ -257,3 +260,25 @@ def test_a_gap_between_models_is_judged_by_welchs_t():
     assert out["verdict"] == "within the seed noise"           # t about 4.1 on 2 df: below 4.303
     c = pd.Series({"best mean": 77.3, "best sd": 0.1, "seeds": 3})
     assert welch(a, c)["verdict"] == "beyond the seed noise"
+
+
+def test_mcnemar_counts_only_the_images_two_steps_disagree_on():
+    import numpy as np
+    from helpers.studies import ladder
+    base = np.array([True] * 80 + [False] * 20)
+    step = base.copy()
+    step[80:90] = True                       # ten images gained, none lost
+    m = ladder.mcnemar(base, step)
+    assert (m["gained"], m["lost"]) == (10, 0) and m["paired gain"] == pytest.approx(10.0)
+    assert m["p (McNemar)"] == pytest.approx(2 / 2 ** 10)            # exact: both tails of Binomial(10, 1/2)
+    assert m["paired se"] == pytest.approx(100 * ((0.1 - 0.01) / 100) ** 0.5)
+    step[:10] = False                        # and ten lost: no difference
+    assert ladder.mcnemar(base, step)["p (McNemar)"] == 1.0 and ladder.mcnemar(base, base)["p (McNemar)"] == 1.0
+
+
+def test_the_ladder_judges_each_step_by_the_paired_test_on_the_committed_runs():
+    table = pd.read_csv(REPO / "results" / "studies" / "ladder.csv")
+    tested = table[table["p (McNemar)"].notna()]
+    assert len(tested) == table["builds on"].notna().sum()                 # every step against its base
+    assert (tested["within noise"] == (tested["p (McNemar)"] >= 0.05)).all()
+    assert (abs(tested["paired gain"] - tested["gain"]) < 0.3).all()       # fp32 re-evaluation agrees with the table

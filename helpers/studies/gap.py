@@ -10,6 +10,8 @@ epoch 10, where SPEC.md gives the author's numbers.
   point), beside its best.
 * ``silent_classes``: the classes a run's weights never predict. With the author's head each class output
   comes straight out of a ReLU, and a class whose output is zero on every image is lost until it comes back.
+* ``jpeg_table``: the report models' own JPEG sensitivity, the copy against the copy compressed once more,
+  paired by seed, with the cost of the copy's own pass read from a line.
 * ``runs_table`` / ``gap_summary``: notebook 09's section.
 
 The same code runs on the official archive (``CIFAR10_ROOT`` pointing at it): ``scripts/run_gap.py``.
@@ -30,7 +32,7 @@ from ..runs import check_measured_on, load_run, Run
 from ..facts import fact
 from ..wording import fill
 from .common import read_or_train
-from .jpeg import jpeg_copy
+from .jpeg import jpeg_copy, psnr_to_mse
 
 # the report's models as the author trained them: (folder name, model, head)
 GAP_MODELS = {"fc": ("fc", "linear"), "avgpool_author_head": ("avgpool", "author"),
@@ -204,7 +206,69 @@ def gap_summary(results_dir="results") -> tuple[pd.DataFrame, str]:
     text = "\n".join(lines)
     if study["silent count"].gt(0).any():
         text += "\n\n" + fill("gap:reading")
-    return table, text
+    jpeg = jpeg_text(jpeg_table(results_dir))
+    return table, text + ("\n\n" + jpeg if jpeg else "")
+
+
+def jpeg_table(results_dir="results") -> pd.DataFrame:
+    """The report models' own JPEG sensitivity (issue 30, item 1): for each model and quality of the gap study,
+    the fp32 seeds run both on the copy and on the copy compressed once more, paired by seed. Per row: the
+    seeds, the mean score at epochs 9-11 on each, the paired drop (copy minus the quality) with its standard
+    error over pairs (NaN with one pair), the mean squared error the pass adds to the test images
+    (``results/studies/jpeg.csv``, notebook 09's JPEG study; NaN before it ran), the final recipe's drop at
+    that quality, and the drop per unit of added error times the stand-in pass's error
+    (``results/jpeg/reference.json``): what the copy's own pass would cost these models if the cost grew in
+    proportion to the distortion, the line reading of ``jpeg.jpeg_fields``."""
+    table = runs_table(results_dir)
+    columns = ["model", "quality", "seeds", "copy (%)", "quality (%)", "drop", "drop se", "added mse",
+               "final recipe drop", "line reading"]
+    if not len(table):
+        return pd.DataFrame(columns=columns)
+    study = table[(table["run"] == "gap study") & (table["precision"] == "fp32")]
+    folder = project_path(results_dir)
+    recipe = (pd.read_csv(folder / "studies" / "jpeg.csv", dtype={"quality": str}).set_index("quality")
+              if (folder / "studies" / "jpeg.csv").exists() else None)
+    reference = folder / "jpeg" / "reference.json"
+    stand_in = psnr_to_mse(read_json(reference, "measurement")["value"]["psnr"]) if reference.exists() else math.nan
+    rows = []
+    for model, runs in study.groupby("model", sort=False):
+        copy = runs[runs["data"] == "copy"].set_index("seed")["epochs 9-11 (%)"]
+        for data, other in runs[runs["data"] != "copy"].groupby("data"):
+            other = other.set_index("seed")["epochs 9-11 (%)"]
+            seeds = sorted(set(copy.index) & set(other.index))
+            if not seeds:
+                continue
+            drop = copy[seeds] - other[seeds]
+            quality = data.removeprefix("q")
+            known = recipe is not None and quality in recipe.index
+            added = float(recipe.loc[quality, "added mse"]) if known else math.nan
+            rows.append({"model": model, "quality": quality, "seeds": ", ".join(map(str, seeds)),
+                         "copy (%)": copy[seeds].mean(), "quality (%)": other[seeds].mean(), "drop": drop.mean(),
+                         "drop se": drop.std() / math.sqrt(len(drop)) if len(drop) > 1 else math.nan,
+                         "added mse": added, "final recipe drop": float(recipe.loc[quality, "drop"]) if known else math.nan,
+                         "line reading": drop.mean() / added * stand_in if known else math.nan})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def jpeg_text(table: pd.DataFrame) -> str:
+    """``jpeg_table`` in words (``report/text/gap.md``, pieces ``jpeg*``); empty before a pair has finished."""
+    if not len(table):
+        return ""
+    lines = []
+    for _, r in table.iterrows():
+        n = len(r["seeds"].split(", "))
+        lines.append(fill("gap:jpeg_model", name=r["model"], quality=r["quality"], seeds=r["seeds"],
+                          pairs=f"{n} pair{'s' if n > 1 else ''}",
+                          copy=fact(f"gap.jpeg.{r['model']}.q{r['quality']}.copy", r["copy (%)"], "%1"),
+                          other=fact(f"gap.jpeg.{r['model']}.q{r['quality']}.other", r["quality (%)"], "%1"),
+                          drop=fact(f"gap.jpeg.{r['model']}.q{r['quality']}.drop", r["drop"], "+points1"),
+                          spread="" if r["drop se"] != r["drop se"] else
+                          fill("gap:jpeg_se", se=fact(f"gap.jpeg.{r['model']}.q{r['quality']}.drop_se", r["drop se"], "points1")),
+                          recipe="" if r["final recipe drop"] != r["final recipe drop"] else fill(
+                              "gap:jpeg_recipe", final=fact(f"jpeg.q{r['quality']}.drop", r["final recipe drop"], "points2"),
+                              line=fact(f"gap.jpeg.{r['model']}.q{r['quality']}.line", r["line reading"], "points1"))))
+    return "\n".join([fill("gap:jpeg_intro"), *lines, fill("gap:jpeg_one_pair" if table["drop se"].isna().all()
+                                                           else "gap:jpeg_pairs")])
 
 
 def seed_spread(results_dir="results") -> dict | None:

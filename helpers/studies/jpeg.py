@@ -26,7 +26,7 @@ from .. import data as D
 from ..files import cached, digest, project_path, read_json, shown_path
 from ..config import TrainConfig
 from ..runs import load_run, Run
-from ..facts import facts, render
+from ..facts import fact, facts, render
 from ..wording import fill
 from .common import read_or_train, save_table
 
@@ -198,8 +198,9 @@ def jpeg_fields(table: pd.DataFrame, reference: dict) -> dict | None:
             "reference_shift": reference.get("shift", 4), "bend_quality": rows.index[least],
             "range": fill("jpeg_range:line" if len(readings) == 1 else "jpeg_range:one"
                           if str(f["low"]) == str(f["high"]) else "jpeg_range:two", low=f["low"], high=f["high"]),
-            "points": "; ".join(f"quality {q}: {render(r['psnr (dB)'], 1)} dB, {render(r['test acc (%)'], 2)}% "
-                                f"({render(r['drop'], 2)} points below the copy)" for q, r in rows.iterrows())}
+            "points": "; ".join(f"quality {q}: {render(r['psnr (dB)'], 1)} dB, {render(r['test acc (%)'], 2)}%, "
+                                f"{fact(f'jpeg.q{q}.drop', r['drop'], 'points2')} points below the copy"
+                                for q, r in rows.iterrows())}
 
 
 # How the cost's numbers are stated (``helpers/facts.py``): readings in points with two decimals, as their

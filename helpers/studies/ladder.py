@@ -8,11 +8,13 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from .. import data as D
 from ..evaluation import evaluate, refresh_batchnorm
-from ..files import cached, project_path, shown_path, weights_digest
+from ..loop import predict
+from ..files import cached, digest, project_path, shown_path, weights_digest
 from ..models import batchnorm_layers
 from ..device import pick_device, runnable_precision
 from ..config import EVAL_FIELDS, TrainConfig
@@ -103,7 +105,7 @@ def run_ladder(steps: list[Step], start: TrainConfig, data: D.CIFAR10, results_d
     if not start.validation:
         raise ValueError("the ladder chooses between models: give the start configuration a validation split")
     configs = ladder_configs(steps, start)
-    rows, histories, runs = [], {}, {}
+    rows, histories, runs, right = [], {}, {}, {}
     for step in steps:
         config = configs[step.name]
         folder = project_path(results_dir) / "ladder" / step.name
@@ -120,8 +122,10 @@ def run_ladder(steps: list[Step], start: TrainConfig, data: D.CIFAR10, results_d
             hist = run.history
             as_trained = {"accuracy": hist["val_acc"].iloc[-1], "loss": hist["val_loss"].iloc[-1]}
         refreshed = refresh and config.network.dropout_meets_batchnorm and not config.bn_refresh
-        ev = (_evaluate_step(run, dataclasses.replace(config, bn_refresh=True), data, folder, device,
-                             "evaluation_refreshed.json") if refreshed else as_trained)
+        judged = dataclasses.replace(config, bn_refresh=True) if refreshed else config
+        ev = (_evaluate_step(run, judged, data, folder, device, "evaluation_refreshed.json") if refreshed
+              else as_trained)
+        right[step.name] = _right_on_validation(run, judged, data, folder, device)
         minutes = run.history["seconds"].sum() / 60
         runs[step.name], histories[step.name] = run, hist
         rows.append({"step": step.name, "change": step.label, "branch": step.branch, "builds on": step.base or "",
@@ -140,7 +144,7 @@ def run_ladder(steps: list[Step], start: TrainConfig, data: D.CIFAR10, results_d
     for column, gain in (("val acc", "gain"), ("val acc as trained", "gain as trained")):
         acc = table.set_index("step")[column]
         table[gain] = [row[column] - acc[row["builds on"]] if row["builds on"] else math.nan for row in rows]
-    table = with_noise(table)
+    table = paired_columns(with_noise(table), right)
     save_table(table, "ladder", results_dir)
     return table, histories
 
@@ -186,6 +190,70 @@ def _evaluate_step(run: Run, config: TrainConfig, data: D.CIFAR10, folder: Path,
     key = {"config": config.identity(), "base": str(shown_path(run.path)), "official_data": data.official,
            "weights": weights_digest(run.model)}
     return cached(folder / file, key, measure)
+
+
+def _right_on_validation(run: Run, config: TrainConfig, data: D.CIFAR10, folder: Path, device=None) -> dict:
+    """Which validation images ``run``'s weights classify correctly when evaluated as ``config`` says (its
+    test-time views; with ``bn_refresh``, refreshed BatchNorm statistics), for the paired test between
+    steps. Measured once in the precision this machine computes natively and kept in
+    ``folder/val_right.json``: the images' digest, their number and the right/wrong bits (packed, hex)."""
+    train, val = image_sets(config, data)
+    check_measured_on(run, val, train)
+
+    def measure():
+        dev = pick_device(device)
+        precision = runnable_precision(run.config.precision, dev)
+        x, y = D.to_device(val, dev)
+        images = refresh_images(train, dev) if config.bn_refresh else None
+        model = model_to_evaluate(run.model.to(dev), dataclasses.replace(config, precision=precision), images)
+        logits = predict(model, x, precision=precision, tta_flip=config.tta_flip, tta_shift=config.tta_shift)
+        right = (logits.argmax(1) == y.to(logits.device)).cpu().numpy()
+        run.model.cpu()
+        return {"images": digest(val.images, val.labels), "n": int(len(right)), "precision": precision,
+                "right": np.packbits(right).tobytes().hex()}
+    key = {"config": config.identity(), "base": str(shown_path(run.path)), "official_data": data.official,
+           "weights": weights_digest(run.model)}
+    return cached(folder / "val_right.json", key, measure)
+
+
+def _bits(measured: dict) -> np.ndarray:
+    return np.unpackbits(np.frombuffer(bytes.fromhex(measured["right"]), dtype=np.uint8))[:measured["n"]].astype(bool)
+
+
+def mcnemar(base: np.ndarray, step: np.ndarray) -> dict:
+    """The paired comparison of two classifiers on the same images (McNemar 1947): ``gained`` images the
+    step gets right and its base wrong, ``lost`` the reverse, the paired gain in points with its standard
+    error, and the exact two-sided p-value of the binomial test on the discordant images (under no
+    difference each discordant image is a fair coin)."""
+    gained, lost, n = int((step & ~base).sum()), int((base & ~step).sum()), len(base)
+    d = gained + lost
+    gain = (gained - lost) / n
+    se = math.sqrt(max(d / n - gain ** 2, 0.0) / n)
+    p = 1.0 if d == 0 else min(1.0, 2 * sum(math.comb(d, k) for k in range(min(gained, lost) + 1)) / 2 ** d)
+    return {"gained": gained, "lost": lost, "paired gain": 100 * gain, "paired se": 100 * se, "p (McNemar)": p}
+
+
+def paired_columns(table: pd.DataFrame, right: dict[str, dict]) -> pd.DataFrame:
+    """The ladder with each step's McNemar test against the step it builds on (``mcnemar``), from the
+    right/wrong bits of ``_right_on_validation``; NaN where the two were not measured on the same images.
+    Where the test was made, ``within noise`` becomes its verdict: p >= 0.05. That is the noise of
+    sampling the validation images only; the seed-to-seed spread of training is not in it (one seed
+    per step)."""
+    table = table.copy()
+    rows = []
+    for _, r in table.iterrows():
+        base = r["builds on"] if isinstance(r["builds on"], str) else ""
+        a, b = right.get(base), right.get(r["step"])
+        same = a is not None and b is not None and a["images"] == b["images"]
+        rows.append(mcnemar(_bits(a), _bits(b)) if same else dict.fromkeys(PAIRED, math.nan))
+    for column in PAIRED:
+        table[column] = [row[column] for row in rows]
+    paired = table["p (McNemar)"].notna()          # the paired test decides where it could be made
+    table.loc[paired, "within noise"] = table.loc[paired, "p (McNemar)"] >= 0.05
+    return table
+
+
+PAIRED = ["gained", "lost", "paired gain", "paired se", "p (McNemar)"]
 
 
 def batchnorm_refresh(table: pd.DataFrame, data: D.CIFAR10, results_dir="results",
@@ -267,11 +335,36 @@ def ladder_findings(table: pd.DataFrame) -> str:
         text += "\n\n" + fill("ladder:branches") + "\n" + "\n".join(branch_lines)
     if "within noise" in table and table["within noise"].any():
         cautious = (table["within noise"] & table["eval only"].astype(bool)).any()
-        text += "\n\n" + fill("ladder:noise", images=int(table["val images"].iloc[0]), se_low=table["val se"].min(),
+        paired = table["p (McNemar)"].dropna() if "p (McNemar)" in table else pd.Series(dtype=float)
+        text += "\n\n" + fill("ladder:noise_paired" if len(paired) else "ladder:noise",
+                               images=int(table["val images"].iloc[0]), se_low=table["val se"].min(),
                                se_high=table["val se"].max(), noisy=int(table["within noise"].sum()),
+                               paired_se_low=table["paired se"].min() if len(paired) else math.nan,
+                               paired_se_high=table["paired se"].max() if len(paired) else math.nan,
                                changes=int(table["gain"].notna().sum()),
-                               eval_only=" " + fill("ladder:noise_eval_only") if cautious else "")
+                               eval_only=" " + fill("ladder:noise_eval_only") if cautious and not len(paired) else "")
+        if len(paired):
+            text += " " + paired_verdicts(main)
     return text
+
+
+def p_text(p: float) -> str:
+    """A p-value for the text: "p < 0.001" below a thousandth, else three decimals."""
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
+
+
+def paired_verdicts(main: pd.DataFrame) -> str:
+    """The ladder's main steps sorted by the paired test's verdict: the gains it supports, the losses it
+    finds, and how many it cannot tell from no change (``report/text/ladder.md``, ``paired_verdicts``)."""
+    tested = main[main["p (McNemar)"].notna()]
+    clear = tested[~tested["within noise"].astype(bool)]
+
+    def listed(rows: pd.DataFrame) -> str:
+        return "; ".join(f"{_step_name(r['change'])} ({step_fact(r, 'gain')}, {p_text(r['p (McNemar)'])})"
+                         for _, r in rows.iterrows()) or "none"
+    return fill("ladder:paired_verdicts", gains=listed(clear[clear["paired gain"] > 0]),
+                losses=listed(clear[clear["paired gain"] < 0]), unclear=int(tested["within noise"].astype(bool).sum()),
+                steps=len(tested))
 
 
 # How a ladder step's numbers are stated (``helpers/facts.py``), by column.
@@ -316,7 +409,9 @@ def hypothesis_fields(table: pd.DataFrame) -> dict | None:
 
     def listed(column: str, gain: str) -> str:
         return "; ".join(f"{r['change']} ({render(_parameter_change(r, rows.loc[r['builds on']]), 0, True)}% "
-                         f"parameters) {step_fact(r, gain)} points, to {step_fact(r, column)}%" for r in cuts)
+                         f"parameters) {step_fact(r, gain)} points, to {step_fact(r, column)}%"
+                         + (f", McNemar {p_text(r['p (McNemar)'])}" if gain == "gain" and r.get("p (McNemar)") == r.get("p (McNemar)")
+                            and "p (McNemar)" in r else "") for r in cuts)
     best = max(cuts, key=lambda r: r["gain"])
     main = _main_steps(table)
     first, last = table.iloc[0], main.iloc[-1] if len(main) else table.iloc[0]
