@@ -96,6 +96,13 @@ def differences(runs: dict[str, Run], results_dir="results") -> str:
         if measured:        # notebook 09's estimate; its upper end (plus two standard errors) bounds the band below
             jpeg_cost = measured["high"] + 2 * measured["high_se"]
             causes.append(fill("results:cause_data_measured", upper=jpeg_cost, **measured))
+            models = studies.gap.jpeg_table(results_dir)
+            if len(models):
+                causes[-1] += " " + fill("results:cause_data_models", models="; ".join(
+                    fill("results:cause_data_model", name=r["model"], line=fact(
+                        f"gap.jpeg.{r['model']}.q{r['quality']}.line", r["line reading"], "points1"),
+                        pairs=f"{len(r['seeds'].split(', '))} pair{'s' if ', ' in r['seeds'] else ''} of seeds")
+                    for _, r in models.iterrows()))
         else:
             jpeg_cost = results.CLAIMED_JPEG_COST
             causes.append(fill("results:cause_data", jpeg_cost=jpeg_cost))

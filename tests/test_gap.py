@@ -67,5 +67,30 @@ def test_the_report_models_jpeg_cost_pairs_seeds_and_reads_the_line(tmp_path, mo
     assert row["seeds"] == "1, 2" and row["drop"] == pytest.approx(2.5)     # seed 0 has no pair and is left out
     assert row["drop se"] == pytest.approx(0.5) and row["line reading"] == pytest.approx(2.5 / 100 * 50)
     text = gap.jpeg_text(table)
-    assert "a drop of +2.5 points" in text and "lost 2.40 points" in text and "at 1.2 points" in text
+    assert "a drop of 2.5 points" in text and "lost 2.40 points" in text and "at 1.2 points" in text
     assert "anecdote" not in text and gap.jpeg_text(table.iloc[:0]) == ""
+
+
+def test_the_gap_is_taken_apart_into_the_jpeg_cost_and_what_is_left(tmp_path, monkeypatch):
+    name = "Average pooling, author's head"
+    rows = [{"model": name, "run": run, "precision": precision, "data": data, "seed": seed,
+             "epochs 9-11 (%)": acc, "author epoch 10 (%)": 79.7}
+            for run, precision, data, seed, acc in (("report run", "bf16", "copy", 0, 75.0),
+                                                   ("gap study", "fp32", "copy", 1, 76.0),
+                                                   ("gap study", "fp32", "copy", 2, 75.0),
+                                                   ("gap study", "fp32", "q50", 1, 73.0),
+                                                   ("gap study", "fp32", "q50", 2, 73.0))]
+    monkeypatch.setattr(gap, "runs_table", lambda results_dir: pd.DataFrame(rows))
+    assert gap.decomposition_text(gap.decomposition(tmp_path)) == ""          # no JPEG study: nothing to take apart
+    (tmp_path / "studies").mkdir()
+    pd.DataFrame({"quality": ["copy as it is", "50"], "added mse": [0.0, 100.0], "drop": [0.0, 2.4]}).to_csv(
+        tmp_path / "studies" / "jpeg.csv", index=False)
+    (tmp_path / "jpeg").mkdir()
+    H.files.save_json({"key": {}, "value": {"psnr": 10 * np.log10(255 ** 2 / 50.0)}}, tmp_path / "jpeg" / "reference.json")
+    row = gap.decomposition(tmp_path).iloc[0]
+    assert row["gap"] == pytest.approx(79.7 - 75.5) and row["JPEG cost"] == pytest.approx(1.25)
+    assert row["unexplained"] == pytest.approx(79.7 - 75.5 - 1.25) and row["JPEG pairs"] == 2
+    assert row["gap se"] == pytest.approx(0.5) and row["JPEG se"] == pytest.approx(0.5 / 2.5 * 1.25)
+    assert row["report run minus fp32 seeds"] == pytest.approx(-0.5)
+    text = gap.decomposition_text(gap.decomposition(tmp_path))
+    assert "gap 4.2 points" in text and "unexplained 3.0" in text and "name no other cause" in text

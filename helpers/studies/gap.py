@@ -12,6 +12,7 @@ epoch 10, where SPEC.md gives the author's numbers.
   comes straight out of a ReLU, and a class whose output is zero on every image is lost until it comes back.
 * ``jpeg_table``: the report models' own JPEG sensitivity, the copy against the copy compressed once more,
   paired by seed, with the cost of the copy's own pass read from a line.
+* ``decomposition``: the gap at epoch 10 as the JPEG cost plus what is left, each with its error.
 * ``runs_table`` / ``gap_summary``: notebook 09's section.
 
 The same code runs on the official archive (``CIFAR10_ROOT`` pointing at it): ``scripts/run_gap.py``.
@@ -206,8 +207,8 @@ def gap_summary(results_dir="results") -> tuple[pd.DataFrame, str]:
     text = "\n".join(lines)
     if study["silent count"].gt(0).any():
         text += "\n\n" + fill("gap:reading")
-    jpeg = jpeg_text(jpeg_table(results_dir))
-    return table, text + ("\n\n" + jpeg if jpeg else "")
+    extra = [t for t in (jpeg_text(jpeg_table(results_dir)), decomposition_text(decomposition(results_dir))) if t]
+    return table, "\n\n".join([text, *extra])
 
 
 def jpeg_table(results_dir="results") -> pd.DataFrame:
@@ -257,18 +258,70 @@ def jpeg_text(table: pd.DataFrame) -> str:
     lines = []
     for _, r in table.iterrows():
         n = len(r["seeds"].split(", "))
-        lines.append(fill("gap:jpeg_model", name=r["model"], quality=r["quality"], seeds=r["seeds"],
+        lines.append(fill("gap:jpeg_model", name=r["model"], quality=r["quality"],
+                          seeds=f"seed{'s' if n > 1 else ''} {r['seeds']}",
                           pairs=f"{n} pair{'s' if n > 1 else ''}",
                           copy=fact(f"gap.jpeg.{r['model']}.q{r['quality']}.copy", r["copy (%)"], "%1"),
                           other=fact(f"gap.jpeg.{r['model']}.q{r['quality']}.other", r["quality (%)"], "%1"),
-                          drop=fact(f"gap.jpeg.{r['model']}.q{r['quality']}.drop", r["drop"], "+points1"),
+                          drop=fact(f"gap.jpeg.{r['model']}.q{r['quality']}.drop", r["drop"], "points1"),
                           spread="" if r["drop se"] != r["drop se"] else
                           fill("gap:jpeg_se", se=fact(f"gap.jpeg.{r['model']}.q{r['quality']}.drop_se", r["drop se"], "points1")),
                           recipe="" if r["final recipe drop"] != r["final recipe drop"] else fill(
                               "gap:jpeg_recipe", final=fact(f"jpeg.q{r['quality']}.drop", r["final recipe drop"], "points2"),
                               line=fact(f"gap.jpeg.{r['model']}.q{r['quality']}.line", r["line reading"], "points1"))))
-    return "\n".join([fill("gap:jpeg_intro"), *lines, fill("gap:jpeg_one_pair" if table["drop se"].isna().all()
-                                                           else "gap:jpeg_pairs")])
+    return "\n".join([fill("gap:jpeg_intro"), *lines]) + "\n\n" + fill(
+        "gap:jpeg_one_pair" if table["drop se"].isna().all() else "gap:jpeg_pairs")
+
+
+def decomposition(results_dir="results") -> pd.DataFrame:
+    """The gap to the author at epoch 10 taken apart (issue 30, item 4), one row per model with fp32 seeds
+    on the copy: the gap (the author's epoch-10 accuracy less the mean of our fp32 seeds at epochs 9-11,
+    standard error from the seeds' spread), the JPEG copy's cost to this model (``jpeg_table``'s line
+    reading at the lowest quality run, standard error over its pairs; NaN before a pair), and what is left.
+    Beside them, the report's own bf16 run less the fp32 seeds' mean: precision and seed together, one run,
+    since these models have no paired precision runs. The errors are combined as independent."""
+    table = runs_table(results_dir)
+    columns = ["model", "seeds", "gap", "gap se", "JPEG cost", "JPEG se", "JPEG pairs", "unexplained",
+               "unexplained se", "report run minus fp32 seeds"]
+    if not len(table):
+        return pd.DataFrame(columns=columns)
+    jpeg = jpeg_table(results_dir)
+    rows = []
+    for model, runs in table.groupby("model", sort=False):
+        fp32 = runs[(runs["run"] == "gap study") & (runs["precision"] == "fp32") & (runs["data"] == "copy")]
+        if not len(fp32):
+            continue
+        scores, author = fp32["epochs 9-11 (%)"], float(runs["author epoch 10 (%)"].iloc[0])
+        gap_se = scores.std() / math.sqrt(len(scores)) if len(scores) > 1 else math.nan
+        mine = jpeg[jpeg["model"] == model].sort_values("added mse")
+        cost = mine.iloc[-1] if len(mine) else None
+        jpeg_cost = float(cost["line reading"]) if cost is not None else math.nan
+        jpeg_se = (float(cost["drop se"]) / float(cost["drop"]) * jpeg_cost) if cost is not None else math.nan
+        report = runs[runs["run"] == "report run"]["epochs 9-11 (%)"]
+        rows.append({"model": model, "seeds": len(scores), "gap": author - scores.mean(), "gap se": gap_se,
+                     "JPEG cost": jpeg_cost, "JPEG se": jpeg_se,
+                     "JPEG pairs": len(cost["seeds"].split(", ")) if cost is not None else 0,
+                     "unexplained": author - scores.mean() - jpeg_cost,
+                     "unexplained se": math.hypot(gap_se, jpeg_se),
+                     "report run minus fp32 seeds": float(report.iloc[0]) - scores.mean() if len(report) else math.nan})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def decomposition_text(table: pd.DataFrame) -> str:
+    """``decomposition`` in words (``report/text/gap.md``, ``decomposition*``); empty before a JPEG pair."""
+    table = table[table["JPEG cost"].notna()]
+    if not len(table):
+        return ""
+    lines = [fill("gap:decomposition_model", name=r["model"], seeds=r["seeds"],
+                  gap=fact(f"gap.{r['model']}.gap", r["gap"], "points1"),
+                  gap_se=fact(f"gap.{r['model']}.gap_se", r["gap se"], "points1"),
+                  jpeg=fact(f"gap.{r['model']}.jpeg_cost", r["JPEG cost"], "points1"),
+                  pairs=f"{r['JPEG pairs']} pair{'s' if r['JPEG pairs'] != 1 else ''}",
+                  left=fact(f"gap.{r['model']}.unexplained", r["unexplained"], "points1"),
+                  left_se=fact(f"gap.{r['model']}.unexplained_se", r["unexplained se"], "points1"),
+                  report=fact(f"gap.{r['model']}.report_minus_fp32", r["report run minus fp32 seeds"], "+points1"))
+             for _, r in table.iterrows()]
+    return "\n".join([fill("gap:decomposition_intro"), *lines]) + "\n\n" + fill("gap:decomposition_reading")
 
 
 def seed_spread(results_dir="results") -> dict | None:
