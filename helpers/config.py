@@ -10,7 +10,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from .models import Network
+from .models import Network, is_number
 
 # How the package classifies the fields (one place for all of them):
 # fields that say how a run was computed, not what was trained: a finished run loads whatever they are now;
@@ -29,10 +29,6 @@ NETWORK_FIELDS = tuple(f.name for f in dataclasses.fields(Network))
 
 def _whole(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -151,5 +147,5 @@ class TrainConfig:
         for field in dataclasses.fields(Network):
             value = getattr(self, field.name)
             if field.name not in ("model", "head") and value != field.default:
-                name += f"_{field.name}" + ("" if value is True else f"{value:g}" if _number(value) else str(value))
+                name += f"_{field.name}" + ("" if value is True else f"{value:g}" if is_number(value) else str(value))
         return name if self.seed == 0 else f"{name}_seed{self.seed}"

@@ -91,7 +91,8 @@ def _whole(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _number(value) -> bool:
+def is_number(value) -> bool:
+    """A real, finite number (not a bool)."""
     return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
 
@@ -136,7 +137,7 @@ class Network:
         if not _whole(self.convs):
             raise ValueError(f"convs must be a whole number; got {self.convs!r}")
         for name in ("width", "bn_momentum", "logit_scale", "dropout"):
-            if not _number(getattr(self, name)):
+            if not is_number(getattr(self, name)):
                 raise ValueError(f"{name} must be a finite number; got {getattr(self, name)!r}")
         if self.width <= 0:
             raise ValueError(f"width must be positive; got {self.width}")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch.nn.functional as F
 
 from .. import data as D
 from ..evaluation import evaluate, refresh_batchnorm
@@ -168,35 +169,11 @@ def with_noise(table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def _evaluate_step(run: Run, config: TrainConfig, data: D.CIFAR10, folder: Path, device=None,
-                   file: str = "evaluation.json") -> dict:
+def _on_validation(run: Run, config: TrainConfig, data: D.CIFAR10, folder: Path, file: str, device, read) -> dict:
     """``run``'s weights evaluated on the validation split as ``config`` says (test-time views; with
-    ``bn_refresh``, BatchNorm statistics measured again as training would): for an evaluation-only step, or a
-    step judged with refreshed statistics. Measured once and kept in ``folder/file`` with what it depends on
-    (and the precision it was computed in), so that a re-render reads it instead of measuring again."""
-    train, val = image_sets(config, data)
-    check_measured_on(run, val, train)
-
-    def measure():
-        dev = pick_device(device)
-        precision = runnable_precision(run.config.precision, dev)
-        x, y = D.to_device(val, dev)
-        model = run.model.to(dev)
-        images = refresh_images(train, dev) if config.bn_refresh else None
-        ev = evaluate(model_to_evaluate(model, dataclasses.replace(config, precision=precision), images), x, y,
-                      precision=precision, tta_flip=config.tta_flip, tta_shift=config.tta_shift)
-        run.model.cpu()
-        return {**ev, "precision": precision}
-    key = {"config": config.identity(), "base": str(shown_path(run.path)), "official_data": data.official,
-           "weights": weights_digest(run.model)}
-    return cached(folder / file, key, measure)
-
-
-def _right_on_validation(run: Run, config: TrainConfig, data: D.CIFAR10, folder: Path, device=None) -> dict:
-    """Which validation images ``run``'s weights classify correctly when evaluated as ``config`` says (its
-    test-time views; with ``bn_refresh``, refreshed BatchNorm statistics), for the paired test between
-    steps. Measured once in the precision this machine computes natively and kept in
-    ``folder/val_right.json``: the images' digest, their number and the right/wrong bits (packed, hex)."""
+    ``bn_refresh``, BatchNorm statistics measured again as training would), ``read(logits, labels)`` giving
+    what is kept. Measured once in the precision this machine computes natively and kept in ``folder/file``
+    with what it depends on, so that a re-render reads it instead of measuring again."""
     train, val = image_sets(config, data)
     check_measured_on(run, val, train)
 
@@ -207,13 +184,32 @@ def _right_on_validation(run: Run, config: TrainConfig, data: D.CIFAR10, folder:
         images = refresh_images(train, dev) if config.bn_refresh else None
         model = model_to_evaluate(run.model.to(dev), dataclasses.replace(config, precision=precision), images)
         logits = predict(model, x, precision=precision, tta_flip=config.tta_flip, tta_shift=config.tta_shift)
-        right = (logits.argmax(1) == y.to(logits.device)).cpu().numpy()
         run.model.cpu()
-        return {"images": digest(val.images, val.labels), "n": int(len(right)), "precision": precision,
-                "right": np.packbits(right).tobytes().hex()}
+        return {**read(logits, y.to(logits.device), val), "precision": precision}
     key = {"config": config.identity(), "base": str(shown_path(run.path)), "official_data": data.official,
            "weights": weights_digest(run.model)}
-    return cached(folder / "val_right.json", key, measure)
+    return cached(folder / file, key, measure)
+
+
+def _evaluate_step(run: Run, config: TrainConfig, data: D.CIFAR10, folder: Path, device=None,
+                   file: str = "evaluation.json") -> dict:
+    """Loss and accuracy on the validation split (``_on_validation``): for an evaluation-only step, or a step
+    judged with refreshed statistics."""
+    def read(logits, labels, val):
+        return {"loss": F.cross_entropy(logits, labels, reduction="sum").item() / len(labels),
+                "accuracy": (logits.argmax(1) == labels).float().mean().item()}
+    return _on_validation(run, config, data, folder, file, device, read)
+
+
+def _right_on_validation(run: Run, config: TrainConfig, data: D.CIFAR10, folder: Path, device=None) -> dict:
+    """Which validation images ``run``'s weights classify correctly (``_on_validation``), for the paired test
+    between steps, kept in ``folder/val_right.json``: the images' digest, their number and the right/wrong
+    bits (packed, hex)."""
+    def read(logits, labels, val):
+        right = (logits.argmax(1) == labels).cpu().numpy()
+        return {"images": digest(val.images, val.labels), "n": int(len(right)),
+                "right": np.packbits(right).tobytes().hex()}
+    return _on_validation(run, config, data, folder, "val_right.json", device, read)
 
 
 def _bits(measured: dict) -> np.ndarray:
