@@ -96,13 +96,9 @@ def differences(runs: dict[str, Run], results_dir="results") -> str:
         if measured:        # notebook 09's estimate; its upper end (plus two standard errors) bounds the band below
             jpeg_cost = measured["high"] + 2 * measured["high_se"]
             causes.append(fill("results:cause_data_measured", upper=jpeg_cost, **measured))
-            models = studies.gap.jpeg_table(results_dir)
-            if len(models):
-                causes[-1] += " " + fill("results:cause_data_models", models="; ".join(
-                    fill("results:cause_data_model", name=r["model"], line=fact(
-                        f"gap.jpeg.{r['model']}.q{r['quality']}.line", r["line reading"], "points1"),
-                        pairs=f"{len(r['seeds'].split(', '))} pair{'s' if ', ' in r['seeds'] else ''} of seeds")
-                    for _, r in models.iterrows()))
+            models = studies.gap.jpeg_cost_list(studies.gap.jpeg_table(results_dir))
+            if models:
+                causes[-1] += " " + fill("results:cause_data_models", models=models)
         else:
             jpeg_cost = results.CLAIMED_JPEG_COST
             causes.append(fill("results:cause_data", jpeg_cost=jpeg_cost))
@@ -205,6 +201,7 @@ def report_facts(results_dir="results", notebooks_dir=REPO_ROOT / "notebooks") -
         if (folder / "studies" / "ladder.csv").exists():
             label = read_study_table(folder, "ladder").set_index("step").loc[info["step"], "change"]
             d["final_change"] = label[2:] if label.startswith("+ ") else label
+    d["gap_jpeg"] = studies.gap.jpeg_cost_list(studies.gap.jpeg_table(folder)) or "none"
     cost = studies.jpeg.measured_cost(folder)            # the paper says "not measured yet" until it is
     d["jpeg_measured"] = "yes" if cost else "no"
     d.update({f"jpeg_{k}": cost[k] if cost else "–" for k in JPEG_STATED})

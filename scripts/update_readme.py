@@ -101,11 +101,7 @@ def headline(runs: dict, results: Path) -> str:
     jpeg_line = "" if not cost else H.wording.fill("readme:jpeg_line", **cost) if not len(models) else H.wording.fill(
         "readme:jpeg_line_models", **cost, gap_lo=fields["gap_lo"], gap_hi=fields["gap_hi"],
         size="small against" if models["line reading"].max() < fields["gap_lo"] / 2 else "comparable with",
-        models="; ".join(
-            H.wording.fill("readme:jpeg_model", name=f"model {2 if r['model'].startswith('Average pooling,') else 3}",
-                           pairs=f"{len(r['seeds'].split(', '))} pair{'s' if ', ' in r['seeds'] else ''} of seeds",
-                           line=H.facts.fact(f"gap.jpeg.{r['model']}.q{r['quality']}.line", r["line reading"], "points1"))
-            for _, r in models.iterrows()))
+        models=H.studies.gap.jpeg_cost_list(models))
     spread = H.studies.gap.seed_spread(results)
     gap_line = H.wording.fill("readme:gap_line", **spread) if spread else ""
     first = runs["fc"]

@@ -273,6 +273,15 @@ def jpeg_text(table: pd.DataFrame) -> str:
         "gap:jpeg_one_pair" if table["drop se"].isna().all() else "gap:jpeg_pairs")
 
 
+def jpeg_cost_list(table: pd.DataFrame) -> str:
+    """``jpeg_table``'s line readings in one phrase for the README, notebook 06 and the paper (template
+    ``gap:jpeg_cost_item``); empty before a pair has finished."""
+    return "; ".join(fill("gap:jpeg_cost_item", name=r["model"], line=fact(
+        f"gap.jpeg.{r['model']}.q{r['quality']}.line", r["line reading"], "points1"),
+        pairs=f"{len(r['seeds'].split(', '))} pair{'s' if ', ' in r['seeds'] else ''} of seeds")
+        for _, r in table.iterrows())
+
+
 def decomposition(results_dir="results") -> pd.DataFrame:
     """The gap to the author at epoch 10 taken apart (issue 30, item 4), one row per model with fp32 seeds
     on the copy: the gap (the author's epoch-10 accuracy less the mean of our fp32 seeds at epochs 9-11,
