@@ -67,7 +67,7 @@ def test_the_report_models_jpeg_cost_pairs_seeds_and_reads_the_line(tmp_path, mo
     assert row["seeds"] == "1, 2" and row["drop"] == pytest.approx(2.5)     # seed 0 has no pair and is left out
     assert row["drop se"] == pytest.approx(0.5) and row["line reading"] == pytest.approx(2.5 / 100 * 50)
     text = gap.jpeg_text(table)
-    assert "a drop of 2.5 points" in text and "lost 2.40 points" in text and "at 1.2 points" in text
+    assert "a drop of 2.50 points" in text and "lost 2.40 points" in text and "at 1.2 points" in text
     assert "anecdote" not in text and gap.jpeg_text(table.iloc[:0]) == ""
 
 

@@ -261,11 +261,11 @@ def jpeg_text(table: pd.DataFrame) -> str:
         lines.append(fill("gap:jpeg_model", name=r["model"], quality=r["quality"],
                           seeds=f"seed{'s' if n > 1 else ''} {r['seeds']}",
                           pairs=f"{n} pair{'s' if n > 1 else ''}",
-                          copy=fact(f"gap.jpeg.{r['model']}.q{r['quality']}.copy", r["copy (%)"], "%1"),
-                          other=fact(f"gap.jpeg.{r['model']}.q{r['quality']}.other", r["quality (%)"], "%1"),
-                          drop=fact(f"gap.jpeg.{r['model']}.q{r['quality']}.drop", r["drop"], "points1"),
+                          copy=fact(f"gap.jpeg.{r['model']}.q{r['quality']}.copy", r["copy (%)"], "%2"),
+                          other=fact(f"gap.jpeg.{r['model']}.q{r['quality']}.other", r["quality (%)"], "%2"),
+                          drop=fact(f"gap.jpeg.{r['model']}.q{r['quality']}.drop", r["drop"], "points2"),
                           spread="" if r["drop se"] != r["drop se"] else
-                          fill("gap:jpeg_se", se=fact(f"gap.jpeg.{r['model']}.q{r['quality']}.drop_se", r["drop se"], "points1")),
+                          fill("gap:jpeg_se", se=fact(f"gap.jpeg.{r['model']}.q{r['quality']}.drop_se", r["drop se"], "points2")),
                           recipe="" if r["final recipe drop"] != r["final recipe drop"] else fill(
                               "gap:jpeg_recipe", final=fact(f"jpeg.q{r['quality']}.drop", r["final recipe drop"], "points2"),
                               line=fact(f"gap.jpeg.{r['model']}.q{r['quality']}.line", r["line reading"], "points1"))))
