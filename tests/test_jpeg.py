@@ -95,3 +95,19 @@ def test_a_bending_curve_gives_a_second_reading_and_the_range_spans_both():
     one = jpeg.jpeg_fields(table.drop(index="25"), reference)     # one quality: a line only
     assert math.isnan(one["tangent"]) and one["low"] == one["high"] == pytest.approx(one["estimate"])
     assert one["range"] == f"about {one['estimate']} points (one reading: a straight line through the copy)" and one["high_se"] == one["estimate_se"]
+
+
+def test_the_stand_in_is_measured_several_ways_and_its_spread_read_both_ways(fake_data, tmp_path):
+    from helpers.studies import jpeg
+    small = fake_data.__class__(fake_data.train, H.data.balanced_subset(fake_data.test, 50), fake_data.root,
+                                fake_data.official)
+    variants = jpeg.stand_in_variants(small, results_dir=tmp_path)
+    assert {"roll 4 px", "roll 4 px, seam left out", "reflect 3 px", "roll 4 px, pass 3"} <= set(variants.index)
+    assert (variants["added mse"] > 0).all() and (tmp_path / "jpeg" / "stand_in.json").exists()
+    moved = jpeg._moved(small.test.images, 2, "reflect")
+    assert torch.equal(moved[..., 2:, 2:], small.test.images[..., :-2, :-2])    # moved down-right, no wrap
+    cost = {"slope": 0.02, "curve_a": 0.01, "tangent": 0.5}
+    text = jpeg.stand_in_text(variants, cost)
+    first = variants.drop([v for v in variants.index if "pass" in v])
+    assert f"{0.02 * first['added mse'].max():.2f} points" in text and "pass 2" not in text.split("Repeating")[0]
+    assert jpeg.stand_in_text(variants, None) == ""

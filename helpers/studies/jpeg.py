@@ -8,6 +8,8 @@ several seeds, and accuracy is read against the distortion each pass adds (PSNR 
 * ``jpeg_runs``: the recipe per quality and seed, in ``results/jpeg/q<quality>/seed<seed>``.
 * ``jpeg_table`` / ``jpeg_points`` / ``jpeg_fields``: accuracy against distortion (per quality, per run),
   and the cost of a pass estimated from it.
+* ``reference_distortion`` / ``stand_in_variants``: the stand-in for the copy's own pass, and how much its
+  distortion depends on how it is made (shift, border, seam, later passes).
 * ``jpeg_summary``: notebook 09's section (it saves ``results/studies/jpeg.csv``); ``measured_cost`` reads
   the estimate back for notebook 06, the README and the paper.
 """
@@ -20,6 +22,7 @@ import math
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from .. import data as D
@@ -144,6 +147,69 @@ def reference_distortion(data: D.CIFAR10, quality: int = 75, shift: int = 4, res
     return cached(folder / "reference.json", key, measure)
 
 
+def _moved(images: torch.Tensor, shift: int, how: str) -> torch.Tensor:
+    """``images`` moved ``shift`` pixels down and right: wrapped round (``roll``, what the stand-in does),
+    or with the border filled by reflection (``reflect``, no seam)."""
+    if how == "roll":
+        return torch.roll(images, (shift, shift), (2, 3))
+    h, w = images.shape[-2:]
+    padded = F.pad(images.float(), (shift, 0, shift, 0), mode="reflect")
+    return padded[..., :h, :w].round().to(torch.uint8)
+
+
+def stand_in_variants(data: D.CIFAR10, quality: int = 75, results_dir="results") -> pd.DataFrame:
+    """How much the stand-in's distortion (``reference_distortion``) depends on how it is made, on the test
+    images: other shifts (odd ones move the 16x16 colour blocks of 4:2:0 subsampling off their grid too),
+    a reflected border instead of the wrapped one, the wrapped seam left out of the measurement, and a
+    second and third pass of the same kind (later passes distort less). One row per variant with its
+    PSNR (dB) and mean squared error; kept in ``results/jpeg/stand_in.json``."""
+    def measure():
+        x, rows = data.test.images, []
+        for how, shifts in (("roll", (1, 2, 3, 4, 5, 7)), ("reflect", (1, 3, 4, 5))):
+            for s in shifts:
+                moved = _moved(x, s, how)
+                out = reencode(moved, quality)
+                rows.append({"variant": f"{how} {s} px", "psnr (dB)": psnr(out, moved)})
+                if how == "roll" and s == 4:
+                    rows.append({"variant": "roll 4 px, seam left out",
+                                 "psnr (dB)": psnr(out[..., s:, s:], moved[..., s:, s:])})
+        current = reencode(_moved(x, 4, "roll"), quality)
+        for n in (2, 3):                      # the stand-in pass repeated, each measured against its input
+            moved = _moved(current, 4, "roll")
+            current = reencode(moved, quality)
+            rows.append({"variant": f"roll 4 px, pass {n}", "psnr (dB)": psnr(current, moved)})
+        return rows
+    folder = project_path(results_dir) / "jpeg"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = cached(folder / "stand_in.json", {"images": digest(data.test.images), "quality": quality}, measure)
+    table = pd.DataFrame(rows).set_index("variant")
+    table["added mse"] = table["psnr (dB)"].map(psnr_to_mse)
+    return table
+
+
+def stand_in_text(variants: pd.DataFrame, cost: dict | None) -> str:
+    """The spread of the stand-in variants in words, with the line's and the tangent's readings at each
+    end (``report/text/jpeg_stand_in.md``); empty without a cost."""
+    if cost is None or not len(variants):
+        return ""
+    later = variants[variants.index.str.contains("pass")]
+    variants = variants.drop(later.index)           # the spread is of stand-ins for one pass
+    mse = variants["added mse"]
+    low, high = variants["psnr (dB)"].idxmax(), variants["psnr (dB)"].idxmin()
+    tangent = cost["tangent"] == cost["tangent"]
+    return fill("jpeg_stand_in", n=len(variants), low_variant=low, high_variant=high,
+                later=", then ".join(f"{fact('jpeg.stand_in.' + v.replace(' ', '_').replace(',', ''), p, 'dB1')} dB"
+                                     for v, p in later["psnr (dB)"].items()),
+                db_low=fact("jpeg.stand_in.psnr_low", variants["psnr (dB)"].min(), "dB1"),
+                db_high=fact("jpeg.stand_in.psnr_high", variants["psnr (dB)"].max(), "dB1"),
+                line_low=fact("jpeg.stand_in.line_low", float(cost["slope"]) * mse.min(), "points2"),
+                line_high=fact("jpeg.stand_in.line_high", float(cost["slope"]) * mse.max(), "points2"),
+                tangent=fill("jpeg_stand_in_tangent",
+                             low=fact("jpeg.stand_in.tangent_low", float(cost["curve_a"]) * mse.min(), "points2"),
+                             high=fact("jpeg.stand_in.tangent_high", float(cost["curve_a"]) * mse.max(), "points2"))
+                if tangent else "")
+
+
 def jpeg_fields(table: pd.DataFrame, reference: dict) -> dict | None:
     """The cost of a JPEG pass read from ``jpeg_table``: the drop in accuracy per unit of added mean
     squared error (a line through the origin, least squares over the qualities with two seeds or more),
@@ -246,6 +312,7 @@ def jpeg_summary(baseline: pd.DataFrame, data: D.CIFAR10, results_dir="results")
         text = fill("jpeg_few", runs=len(runs))
     else:
         text = fill("jpeg", **cost) + ("\n\n" + fill("jpeg_curved", **cost) if cost["tangent"] == cost["tangent"] else "")
+        text += "\n\n" + stand_in_text(stand_in_variants(data, results_dir=results_dir), cost)
     return JpegStudy(table, jpeg_points(baseline, runs, psnrs), cost, text)
 
 
